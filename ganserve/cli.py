@@ -1,0 +1,179 @@
+"""The `ganserve` command line: info, init, generate (and serve once the server is installed).
+
+Owns argument parsing and turning library errors into one-line CLI errors; the work happens in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ganserve.models.config import ARCHS, ModelConfig
+from ganserve.models.latents import SpecError
+
+
+class CLIError(Exception):
+    """An error for the user: printed as one line, exit status 2."""
+
+
+def _config_from_args(args: argparse.Namespace) -> ModelConfig:
+    fields = ("arch", "resolution", "z_dim", "w_dim", "img_channels", "fmap_base", "fmap_max", "mapping_layers")
+    return ModelConfig(**{f: getattr(args, f) for f in fields if getattr(args, f, None) is not None})
+
+
+def _add_arch_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--arch", choices=ARCHS, required=required)
+    p.add_argument("--resolution", type=int, required=required, help="power of two, 4 to 1024")
+    p.add_argument("--z-dim", dest="z_dim", type=int)
+    p.add_argument("--w-dim", dest="w_dim", type=int)
+    p.add_argument("--img-channels", dest="img_channels", type=int, choices=(1, 3))
+    p.add_argument("--fmap-base", dest="fmap_base", type=int)
+    p.add_argument("--fmap-max", dest="fmap_max", type=int)
+    p.add_argument("--mapping-layers", dest="mapping_layers", type=int)
+
+
+# -- info ------------------------------------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> None:
+    from ganserve.models import build_generator
+    from ganserve.models.weights import load_config, resolve_model
+
+    if args.model:
+        if args.arch or args.resolution:
+            raise CLIError("give a model directory or --arch/--resolution, not both")
+        source = resolve_model(args.model)
+        config = load_config(source)
+    elif args.arch and args.resolution:
+        source, config = None, _config_from_args(args)
+    else:
+        raise CLIError("give a model directory, or --arch and --resolution")
+    with torch.device("meta"):  # counts parameters without allocating them
+        counts = build_generator(config).parameter_counts()
+    print(f"model:        {source if source else '(new, randomly initialised)'}")
+    print(f"architecture: {config.arch}")
+    print(f"resolution:   {config.resolution}x{config.resolution}, {config.img_channels} channel(s)")
+    print(f"z_dim/w_dim:  {config.z_dim}/{config.w_dim}")
+    print(f"num_ws:       {config.num_ws}  (style mixing: {'yes' if config.supports_mixing else 'no'})")
+    print("channels:     " + ", ".join(f"{r}:{c}" for r, c in config.channel_schedule().items()))
+    print(f"parameters:   mapping {counts['mapping']:,}  synthesis {counts['synthesis']:,}  total {counts['total']:,}")
+    if source:
+        summary = config.training or {}
+        print("training:     " + (", ".join(f"{k}={v}" for k, v in summary.items()) if summary else "(none recorded)"))
+        if config.license:
+            print(f"data licence: {config.license}")
+
+
+# -- init ------------------------------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> None:
+    from ganserve.models import build_generator
+    from ganserve.models.weights import CONFIG_NAME, save_model
+
+    out = Path(args.out)
+    if (out / CONFIG_NAME).exists() and not args.force:
+        raise CLIError(f"{out} already holds a model; pass --force to overwrite it")
+    config = _config_from_args(args)
+    torch.manual_seed(args.seed)
+    G = build_generator(config)
+    G.estimate_w_avg()
+    save_model(G, out)
+    n = G.parameter_counts()["total"]
+    size = f"{config.resolution}x{config.resolution}"
+    print(f"wrote a randomly initialised {config.arch} {size} ({n:,} parameters) to {out}")
+
+
+# -- generate --------------------------------------------------------------------------------------------------
+def cmd_generate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from ganserve.devices import resolve_device
+    from ganserve.imaging import encode, make_grid, to_pil
+    from ganserve.models.latents import parse_seeds
+    from ganserve.models.sampling import iter_batches, make_specs, prepare_batch, run_eager
+    from ganserve.models.weights import load_model, resolve_model
+
+    device = resolve_device(args.device)
+    G = load_model(resolve_model(args.model), device)
+    seeds = parse_seeds(args.seeds)
+    specs = make_specs(
+        G.config, seeds, psi=args.psi, mix_seed=args.mix_seed, mix_layers=args.mix_layers,
+        noise=args.noise, truncation_cutoff=args.truncation_cutoff,
+    )
+    outdir = Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    images = []
+    with tqdm(total=len(specs), unit="img", desc="generate", disable=args.quiet) as bar:
+        for batch in iter_batches(specs, args.batch_size):
+            pixels = run_eager(G, prepare_batch(batch, G.config, G.noise_resolutions()), device).cpu().numpy()
+            for spec, im in zip(batch, pixels):
+                (outdir / f"seed{spec.seed:04d}.{args.format}").write_bytes(encode(im, args.format))
+            if args.grid:
+                images.extend(pixels)
+            bar.update(len(batch))
+    if args.grid:
+        grid = Path(args.grid)
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        to_pil(make_grid(images)).save(grid)
+    if not args.quiet:
+        print(f"wrote {len(specs)} images to {outdir}" + (f" and a grid to {args.grid}" if args.grid else ""))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    raise CLIError("the HTTP server is not part of this version of ganserve yet; use `ganserve generate` meanwhile")
+
+
+# -- parser ----------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ganserve", description="ProGAN/StyleGAN generators: train, export, serve.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="architecture, num_ws and parameter counts of a model or a configuration")
+    p.add_argument("model", nargs="?", help="model directory or bundled model name")
+    _add_arch_args(p, required=False)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("init", help="write a randomly initialised model directory")
+    _add_arch_args(p, required=True)
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation")
+    p.add_argument("--force", action="store_true", help="overwrite an existing model directory")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("generate", help="write images for a list of seeds")
+    p.add_argument("--model", required=True, help="model directory or bundled model name")
+    p.add_argument("--seeds", required=True, help="e.g. 42, 0-15 or 1,2,5-10")
+    p.add_argument("--psi", type=float, default=1.0, help="truncation psi in [-1, 2] (1 = none)")
+    p.add_argument("--truncation-cutoff", type=int, help="truncate only ws layers below this index (default all)")
+    p.add_argument("--mix-seed", type=int, help="seed whose styles replace mix-layers (StyleGAN)")
+    p.add_argument("--mix-layers", help="coarse, middle, fine, all, a-b or a list (default coarse)")
+    p.add_argument("--noise", choices=("const", "random"), default="const")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--format", choices=("png", "jpeg", "webp"), default="png")
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--grid", help="also write all images as one grid PNG here")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="serve models over HTTP")
+    p.add_argument("models", nargs="*")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ganserve.models.weights import ModelLoadError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (CLIError, SpecError, ModelLoadError, ValueError) as e:
+        print(f"ganserve {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Image conversions used everywhere: generator output -> uint8, uint8 -> PIL / encoded bytes, and sample grids.
+
+Owns the one float->uint8 rule (x * 127.5 + 128, clamped, truncated) and the image file formats we write.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+
+
+def to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] float in about [-1, 1] -> [N, H, W, C] uint8 on the same device."""
+    return (img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def to_pil(pixels: np.ndarray) -> Image.Image:
+    """[H, W, C] uint8 with C = 1 or 3 -> PIL image (mode L or RGB)."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"expected [H, W, 1|3] uint8 pixels, got {pixels.dtype} {pixels.shape}")
+    return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+
+
+def encode(pixels: np.ndarray, fmt: str = "png", compress_level: int = 1, quality: int = 90) -> bytes:
+    """Encode one [H, W, C] uint8 image as png (lossless; fast level by default), jpeg or webp."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    buf = io.BytesIO()
+    options = {"compress_level": compress_level} if fmt == "png" else {"quality": quality}
+    to_pil(pixels).save(buf, format=FORMATS[fmt][0], **options)
+    return buf.getvalue()
+
+
+def make_grid(images: Sequence[np.ndarray] | np.ndarray, cols: int | None = None, pad: int = 0) -> np.ndarray:
+    """Tile [N, H, W, C] uint8 images row by row into one [rows*H, cols*W, C] image (white padding)."""
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    grid = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, c), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, k = divmod(i, cols)
+        grid[r * (h + pad) : r * (h + pad) + h, k * (w + pad) : k * (w + pad) + w] = im
+    return grid

@@ -1,0 +1,32 @@
+"""Network definitions, latents and weights I/O: everything needed to turn a seed into an image tensor.
+
+Import from here: build_generator / build_discriminator pick the architecture named in a ModelConfig.
+"""
+
+from __future__ import annotations
+
+from ganserve.models.config import ModelConfig
+from ganserve.models.discriminator import Discriminator
+from ganserve.models.generator import ProgressiveGenerator
+from ganserve.models.progan import ProGANGenerator
+from ganserve.models.stylegan import StyleGANGenerator
+
+
+def build_generator(config: ModelConfig) -> ProgressiveGenerator:
+    cls = {"progan": ProGANGenerator, "stylegan": StyleGANGenerator}[config.arch]
+    return cls(config)
+
+
+def build_discriminator(config: ModelConfig) -> Discriminator:
+    return Discriminator(config)
+
+
+__all__ = [
+    "Discriminator",
+    "ModelConfig",
+    "ProGANGenerator",
+    "ProgressiveGenerator",
+    "StyleGANGenerator",
+    "build_discriminator",
+    "build_generator",
+]

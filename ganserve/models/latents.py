@@ -1,0 +1,180 @@
+"""Seeds, latents, truncation and style mixing: the one implementation that the CLI, backends and server call.
+
+Owns seed -> z (NVlabs' RandomState convention), seed-list and layer-spec parsing, psi checks, truncation, mixing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+MAX_SEED = 2**32 - 1
+PSI_MIN, PSI_MAX = -1.0, 2.0
+LAYER_PRESETS = ("coarse", "middle", "fine", "all")
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+_INT = re.compile(r"^\s*(\d+)\s*$")
+
+
+class SpecError(ValueError):
+    """A seed list, layer spec or latent parameter that cannot be used; the message names the problem."""
+
+
+# -- seeds ---------------------------------------------------------------------------------------------------
+def check_seed(seed: object, name: str = "seed") -> int:
+    """Return `seed` as an int if it is an integer in [0, 2**32 - 1], else raise SpecError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        if isinstance(seed, str) and _INT.match(seed):
+            seed = int(seed)
+        else:
+            raise SpecError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    seed = int(seed)
+    if not 0 <= seed <= MAX_SEED:
+        raise SpecError(f"{name} must be in [0, {MAX_SEED}], got {seed}")
+    return seed
+
+
+def seed_to_z(seed: int, z_dim: int) -> np.ndarray:
+    """The latent of a seed: np.random.RandomState(seed).randn(z_dim) as float32 (NVlabs' convention)."""
+    return np.random.RandomState(check_seed(seed)).randn(z_dim).astype(np.float32)
+
+
+def seeds_to_z(seeds: Sequence[int], z_dim: int) -> np.ndarray:
+    """[N, z_dim] float32, row i the latent of seeds[i]."""
+    if len(seeds) == 0:
+        return np.zeros((0, z_dim), np.float32)
+    return np.stack([seed_to_z(s, z_dim) for s in seeds])
+
+
+def noise_for_seed(seed: int, resolutions: Sequence[int]) -> list[np.ndarray]:
+    """Per-layer noise maps [1, r, r] for noise=random, drawn from a stream of its own seeded by the request seed."""
+    rng = np.random.Generator(np.random.PCG64([check_seed(seed), 0x6E6F6973]))  # "nois": apart from z's stream
+    return [rng.standard_normal((1, r, r)).astype(np.float32) for r in resolutions]
+
+
+def parse_seeds(spec: str | int | Iterable[int], max_count: int | None = None) -> list[int]:
+    """Seeds from `7`, `"0-99"`, `"1,2,5-10"` or a list of ints; ranges are inclusive. Order is kept."""
+    if isinstance(spec, bool):
+        raise SpecError(f"seeds must be an integer, a list or a string like '0-99', got {spec!r}")
+    if isinstance(spec, (int, np.integer)):
+        items: list[int] = [check_seed(spec)]
+    elif isinstance(spec, str):
+        if not spec.strip():
+            raise SpecError("seed list is empty")
+        items = []
+        for part in spec.split(","):
+            if m := _RANGE.match(part):
+                a, b = check_seed(int(m.group(1))), check_seed(int(m.group(2)))
+                if b < a:
+                    raise SpecError(f"seed range {part.strip()!r} runs backwards")
+                if max_count is not None and len(items) + b - a + 1 > max_count:
+                    raise SpecError(f"too many seeds: at most {max_count} per request")
+                items.extend(range(a, b + 1))
+            elif _INT.match(part):
+                items.append(check_seed(int(part)))
+            else:
+                raise SpecError(f"bad seed {part.strip()!r} in {spec!r}: use integers and ranges like '0-99,120'")
+    else:
+        try:
+            items = [check_seed(s) for s in spec]
+        except TypeError:
+            raise SpecError(f"seeds must be an integer, a list or a string like '0-99', got {spec!r}") from None
+    if not items:
+        raise SpecError("seed list is empty")
+    if max_count is not None and len(items) > max_count:
+        raise SpecError(f"too many seeds: {len(items)}, at most {max_count} per request")
+    return items
+
+
+# -- psi and truncation ----------------------------------------------------------------------------------------
+def check_psi(psi: object) -> float:
+    """psi as a float if finite and in [-1, 2], else SpecError."""
+    try:
+        value = float(psi)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SpecError(f"psi must be a number in [{PSI_MIN:g}, {PSI_MAX:g}], got {psi!r}") from None
+    if isinstance(psi, bool) or not math.isfinite(value) or not PSI_MIN <= value <= PSI_MAX:
+        raise SpecError(f"psi must be a finite number in [{PSI_MIN:g}, {PSI_MAX:g}], got {psi!r}")
+    return value
+
+
+def truncation_psi_rows(psi: Sequence[float], num_ws: int, cutoff: int | None = None) -> np.ndarray:
+    """Per-sample, per-layer psi [N, num_ws]: psi on layers < cutoff (default all), 1 elsewhere."""
+    cutoff = num_ws if cutoff is None else cutoff
+    if not isinstance(cutoff, int) or isinstance(cutoff, bool) or not 0 <= cutoff <= num_ws:
+        raise SpecError(f"truncation cutoff must be an integer in [0, {num_ws}], got {cutoff!r}")
+    rows = np.ones((len(psi), num_ws), np.float32)
+    rows[:, :cutoff] = np.asarray([check_psi(p) for p in psi], np.float32)[:, None]
+    return rows
+
+
+def truncation(ws: torch.Tensor, w_avg: torch.Tensor, psi: torch.Tensor | float) -> torch.Tensor:
+    """w = w_avg + psi * (w - w_avg), exact at psi=0 and psi=1. `psi` is a float or [N, num_ws] per sample/layer."""
+    if not isinstance(psi, torch.Tensor):
+        psi = torch.tensor(float(psi))
+    elif psi.ndim == 2:
+        psi = psi.unsqueeze(-1)
+    return torch.lerp(w_avg.to(ws.dtype).expand_as(ws), ws, psi.to(device=ws.device, dtype=ws.dtype))
+
+
+# -- style mixing ------------------------------------------------------------------------------------------------
+def layer_presets(resolution: int) -> dict[str, tuple[int, ...]]:
+    """ws indices of the presets: coarse (4-8 px), middle (16-32 px), fine (64 px and up), all."""
+    num_ws = 2 * int(math.log2(resolution)) - 2
+    res_of = [4 * 2 ** (i // 2) for i in range(num_ws)]
+    return {
+        "coarse": tuple(i for i, r in enumerate(res_of) if r <= 8),
+        "middle": tuple(i for i, r in enumerate(res_of) if 16 <= r <= 32),
+        "fine": tuple(i for i, r in enumerate(res_of) if r >= 64),
+        "all": tuple(range(num_ws)),
+    }
+
+
+def parse_layers(spec: str | Sequence[int], resolution: int) -> tuple[int, ...]:
+    """Style-mixing layers: a preset (coarse/middle/fine/all), an inclusive range "a-b", or a list "0,1,4-5".
+
+    Returns sorted, unique ws indices, each checked against num_ws of a StyleGAN at `resolution`.
+    """
+    num_ws = 2 * int(math.log2(resolution)) - 2
+    presets = layer_presets(resolution)
+    if isinstance(spec, str):
+        key = spec.strip().lower()
+        if key in presets:
+            if not presets[key]:
+                raise SpecError(f"mix_layers {key!r} is empty at resolution {resolution} (num_ws={num_ws})")
+            return presets[key]
+        if not key:
+            raise SpecError("mix_layers is empty")
+        out: list[int] = []
+        for part in key.split(","):
+            if m := _RANGE.match(part):
+                a, b = int(m.group(1)), int(m.group(2))
+                if b < a:
+                    raise SpecError(f"mix_layers range {part.strip()!r} runs backwards")
+                out.extend(range(a, b + 1))
+            elif _INT.match(part):
+                out.append(int(part))
+            else:
+                raise SpecError(
+                    f"bad mix_layers {spec!r}: use {'/'.join(LAYER_PRESETS)}, a range 'a-b' or a list '0,1,4-5'"
+                )
+    else:
+        out = []
+        for v in spec:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise SpecError(f"mix_layers entries must be integers, got {v!r}")
+            out.append(int(v))
+        if not out:
+            raise SpecError("mix_layers is empty")
+    bad = [i for i in out if not 0 <= i < num_ws]
+    if bad:
+        raise SpecError(f"mix_layers {bad} out of range: this model has layers 0-{num_ws - 1} (num_ws={num_ws})")
+    return tuple(sorted(set(out)))
+
+
+def style_mixing(ws: torch.Tensor, ws_mix: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """ws[:, layers] = ws_mix[:, layers], `mask` [N, num_ws] bool marking each sample's mixed layers."""
+    return torch.where(mask.unsqueeze(-1), ws_mix, ws)

@@ -1,0 +1,160 @@
+"""Building blocks shared by the ProGAN and StyleGAN networks, named after the papers' terms.
+
+Owns equalized-learning-rate conv/linear, pixel_norm, minibatch_stddev, noise injection, AdaIN, fade_in and resampling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2.0)
+
+
+def assert_shape(x: torch.Tensor, shape: tuple[int | None, ...], name: str = "tensor") -> None:
+    """Check `x` against `shape`, where None matches any size."""
+    if x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {shape}")
+
+
+def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise each feature vector (dim 1) to unit average square (ProGAN section 4.2)."""
+    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
+
+
+class PixelNorm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pixel_norm(x)
+
+
+class EqualizedLinear(nn.Module):
+    """Dense layer with equalized_lr: weights stored as N(0, 1/lr_mul), scaled by gain/sqrt(fan_in) at run time."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        gain: float = LRELU_GAIN,
+        lr_mul: float = 1.0,
+        bias: bool = True,
+        bias_init: float = 0.0,
+    ):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init) / lr_mul)) if bias else None
+        self.weight_gain = gain / math.sqrt(in_features) * lr_mul
+        self.lr_mul = lr_mul
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One [1, in] x [in, out] product per sample (bmm over an expanded weight) rather than one GEMM over the
+        # batch: BLAS picks different kernels, with different rounding, for different batch sizes, and an image
+        # must not depend on which other requests share its batch.
+        w = (self.weight * self.weight_gain).t()
+        y = torch.bmm(x.unsqueeze(1), w.unsqueeze(0).expand(x.shape[0], -1, -1)).squeeze(1)
+        return y + self.bias * self.lr_mul if self.bias is not None else y
+
+
+class EqualizedConv2d(nn.Module):
+    """Convolution with equalized_lr and 'same' padding."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, gain: float = LRELU_GAIN, bias: bool = True
+    ):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = gain / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.padding = kernel_size // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.padding)
+
+
+class Blur(nn.Module):
+    """Fixed [1, 2, 1] binomial low-pass filter applied per channel (StyleGAN's blur around resampling)."""
+
+    def __init__(self):
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = torch.outer(k, k)
+        self.register_buffer("kernel", (k / k.sum())[None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        return F.conv2d(x, self.kernel.expand(c, 1, 3, 3), padding=1, groups=c)
+
+
+def upsample(x: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+    """2x up sampling, 'nearest' (the papers' choice) or 'bilinear'."""
+    if mode == "nearest":
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    return F.interpolate(x, scale_factor=2.0, mode=mode, align_corners=False)
+
+
+def downsample(x: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+    """2x down sampling: 2x2 average pooling ('nearest' box filter) or 'bilinear' (antialiased)."""
+    if mode == "nearest":
+        return F.avg_pool2d(x, 2)
+    return F.interpolate(x, scale_factor=0.5, mode=mode, align_corners=False, antialias=True)
+
+
+def fade_in(old: torch.Tensor, new: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """Blend the previous stage's output into the new stage's: alpha=0 gives `old`, alpha=1 gives `new`."""
+    return old + (new - old) * alpha
+
+
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_features: int = 1) -> torch.Tensor:
+    """Append the standard deviation across groups of samples as extra feature maps (ProGAN section 3).
+
+    The group is the largest divisor of the batch size not above `group_size`, so any batch size works.
+    """
+    n, c, h, w = x.shape
+    g = max(d for d in range(1, min(group_size, n) + 1) if n % d == 0)
+    f = num_features
+    y = x.reshape(g, -1, f, c // f, h, w)  # [G, M, F, c, H, W]
+    y = y - y.mean(dim=0)
+    y = (y.square().mean(dim=0) + 1e-8).sqrt()  # [M, F, c, H, W]
+    y = y.mean(dim=(2, 3, 4))  # [M, F]
+    y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)  # [N, F, H, W]
+    return torch.cat([x, y], dim=1)
+
+
+class NoiseInjection(nn.Module):
+    """Add per-pixel noise scaled by a learned per-channel strength (StyleGAN section 3.2).
+
+    A fixed noise map is kept as a buffer (saved with the weights) for `noise=const`; a caller may pass its own.
+    """
+
+    def __init__(self, channels: int, resolution: int):
+        super().__init__()
+        self.strength = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is None:
+            noise = self.noise_const
+        return x + noise * self.strength.view(1, -1, 1, 1)
+
+
+class AdaIN(nn.Module):
+    """Adaptive instance normalisation: instance-normalise x, then scale and shift it by an affine map of w."""
+
+    def __init__(self, channels: int, w_dim: int):
+        super().__init__()
+        self.style = EqualizedLinear(w_dim, 2 * channels, gain=1.0)
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        x = x - x.mean(dim=(2, 3), keepdim=True)
+        x = x * torch.rsqrt(x.square().mean(dim=(2, 3), keepdim=True) + 1e-8)
+        style = self.style(w).view(-1, 2, self.channels, 1, 1)
+        return x * (style[:, 0] + 1) + style[:, 1]
+
+
+def channels_at(resolution: int, fmap_base: int, fmap_max: int) -> int:
+    """Feature maps at a resolution: fmap_base / (resolution / 2), capped at fmap_max (the papers' schedule)."""
+    return max(1, min(int(fmap_base * 2 // resolution), fmap_max))

@@ -1,0 +1,162 @@
+"""From per-image requests (seed, psi, mixing, noise) to uint8 images, in batches, on any generator backend.
+
+Owns SampleSpec validation, the host-side batch inputs (z, z_mix, psi rows, mix masks, noise) and the eager run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ganserve.imaging import to_uint8
+from ganserve.models.config import ModelConfig
+from ganserve.models.latents import (
+    SpecError,
+    check_psi,
+    check_seed,
+    noise_for_seed,
+    parse_layers,
+    seeds_to_z,
+    style_mixing,
+    truncation,
+    truncation_psi_rows,
+)
+
+NOISE_MODES = ("const", "random")
+DEFAULT_MIX_LAYERS = "coarse"
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One image: everything that determines its pixels besides the model."""
+
+    seed: int
+    psi: float = 1.0
+    mix_seed: int | None = None
+    mix_layers: tuple[int, ...] = ()
+    noise: str = "const"
+    truncation_cutoff: int | None = None
+
+
+def make_spec(
+    config: ModelConfig,
+    seed: int,
+    psi: float = 1.0,
+    mix_seed: int | None = None,
+    mix_layers: str | Sequence[int] | None = None,
+    noise: str = "const",
+    truncation_cutoff: int | None = None,
+) -> SampleSpec:
+    """Validate one image's parameters against a model; raises SpecError naming the problem."""
+    seed = check_seed(seed)
+    psi = check_psi(psi)
+    if noise not in NOISE_MODES:
+        raise SpecError(f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
+    if truncation_cutoff is not None:
+        truncation_psi_rows([psi], config.num_ws, truncation_cutoff)  # validates the cutoff
+    layers: tuple[int, ...] = ()
+    if mix_seed is not None or mix_layers is not None:
+        if not config.supports_mixing:
+            raise SpecError(f"style mixing needs a StyleGAN model; this one is {config.arch} (it has no w space)")
+        if mix_seed is None:
+            raise SpecError("mix_layers was given without mix_seed")
+        mix_seed = check_seed(mix_seed, "mix_seed")
+        layers = parse_layers(DEFAULT_MIX_LAYERS if mix_layers is None else mix_layers, config.resolution)
+    return SampleSpec(seed, psi, mix_seed, layers, noise, truncation_cutoff)
+
+
+def make_specs(config: ModelConfig, seeds: Sequence[int], **params) -> list[SampleSpec]:
+    """The same parameters for many seeds (validated once)."""
+    if not seeds:
+        return []
+    first = make_spec(config, seeds[0], **params)
+    return [first] + [dataclasses.replace(first, seed=check_seed(s)) for s in seeds[1:]]
+
+
+@dataclass
+class BatchInputs:
+    """Host-side arrays for one batch; row i belongs to specs[i]."""
+
+    z: np.ndarray  # [N, z_dim] float32
+    psi: np.ndarray  # [N, num_ws] float32 (1 where not truncated)
+    z_mix: np.ndarray | None = None  # [N, z_dim], only when some sample mixes
+    mix_mask: np.ndarray | None = None  # [N, num_ws] bool
+    noise: list[np.ndarray] | None = None  # per layer [N, 1, r, r], only when some sample wants random noise
+    noise_random: np.ndarray | None = None  # [N] bool: rows whose noise comes from `noise`, others use the buffers
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def repeat(self, times: int) -> BatchInputs:
+        """The batch repeated `times` over along the batch axis."""
+
+        def rep(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.concatenate([a] * times)
+
+        noise = None if self.noise is None else [rep(n) for n in self.noise]
+        return BatchInputs(
+            rep(self.z), rep(self.psi), rep(self.z_mix), rep(self.mix_mask), noise, rep(self.noise_random)
+        )
+
+
+def prepare_batch(specs: Sequence[SampleSpec], config: ModelConfig, noise_resolutions: Sequence[int]) -> BatchInputs:
+    n, num_ws = len(specs), config.num_ws
+    psi = np.ones((n, num_ws), np.float32)
+    for i, s in enumerate(specs):
+        psi[i] = truncation_psi_rows([s.psi], num_ws, s.truncation_cutoff)[0]
+    inputs = BatchInputs(z=seeds_to_z([s.seed for s in specs], config.z_dim), psi=psi)
+    if any(s.mix_seed is not None for s in specs):
+        inputs.z_mix = seeds_to_z([s.seed if s.mix_seed is None else s.mix_seed for s in specs], config.z_dim)
+        inputs.mix_mask = np.zeros((n, num_ws), bool)
+        for i, s in enumerate(specs):
+            inputs.mix_mask[i, list(s.mix_layers)] = True
+    if noise_resolutions and any(s.noise == "random" for s in specs):
+        inputs.noise_random = np.array([s.noise == "random" for s in specs])
+        per_sample = [
+            noise_for_seed(s.seed, noise_resolutions) if s.noise == "random" else None for s in specs
+        ]
+        inputs.noise = [
+            np.stack([p[k] if p is not None else np.zeros((1, r, r), np.float32) for p in per_sample])
+            for k, r in enumerate(noise_resolutions)
+        ]
+    return inputs
+
+
+def iter_batches(specs: Sequence[SampleSpec], batch_size: int) -> Iterator[Sequence[SampleSpec]]:
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    for i in range(0, len(specs), batch_size):
+        yield specs[i : i + batch_size]
+
+
+@torch.inference_mode()
+def run_eager(G, inputs: BatchInputs, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Run a ProgressiveGenerator on one batch -> [N, H, W, C] uint8 on `device`.
+
+    Batch-invariant on CPU: a batch of one is run as two identical rows, because convolution libraries take a
+    different code path (with different rounding) for a single image; every other size agrees bit for bit.
+    """
+    if len(inputs) == 1:
+        return run_eager(G, inputs.repeat(2), device)[:1]
+    z = torch.from_numpy(inputs.z).to(device)
+    if inputs.z_mix is not None:
+        ws, ws_mix = G.mapping(torch.cat([z, torch.from_numpy(inputs.z_mix).to(device)])).chunk(2)
+    else:
+        ws, ws_mix = G.mapping(z), None
+    psi = torch.from_numpy(inputs.psi).to(device)
+    ws = truncation(ws, G.w_avg, psi)
+    if ws_mix is not None:
+        mask = torch.from_numpy(inputs.mix_mask).to(device)
+        ws = style_mixing(ws, truncation(ws_mix, G.w_avg, psi), mask)
+    noise = None
+    if inputs.noise is not None:
+        rows = torch.from_numpy(inputs.noise_random).to(device).view(-1, 1, 1, 1)
+        noise = [
+            torch.where(rows, torch.from_numpy(n).to(device), const)
+            for n, const in zip(inputs.noise, G.const_noise())
+        ]
+    return to_uint8(G.synthesis(ws, noise))

@@ -1,0 +1,118 @@
+"""Servable model directories: config.json + model.safetensors (generator weights, w_avg, noise buffers).
+
+Owns saving (atomic, per file), loading without pickle, the weights' sha256, and finding bundled models by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ganserve.models import build_generator
+from ganserve.models.config import ModelConfig
+from ganserve.models.generator import ProgressiveGenerator
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory that is missing, incomplete or inconsistent; the message says which and why."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(G: ProgressiveGenerator, directory: str | Path, config: ModelConfig | None = None) -> Path:
+    """Write `G` (and `config`, default G's own) as a servable model directory; returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = config or G.config
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in G.state_dict().items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    text = json.dumps(config.to_dict(), indent=2) + "\n"
+    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    return directory
+
+
+def load_config(directory: str | Path) -> ModelConfig:
+    path = Path(directory) / CONFIG_NAME
+    if not Path(directory).is_dir():
+        raise ModelLoadError(f"{directory}: not a model directory (it does not exist or is not a folder)")
+    if not path.is_file():
+        raise ModelLoadError(f"{directory}: no {CONFIG_NAME}; a model directory holds {CONFIG_NAME} + {WEIGHTS_NAME}")
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{path}: {e}") from None
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> ProgressiveGenerator:
+    """Build the generator a model directory describes and load its weights (safetensors: no code is executed)."""
+    config = load_config(directory)
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"{directory}: no {WEIGHTS_NAME}")
+    try:
+        tensors = load_file(path, device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(f"{path}: unreadable weights ({e})") from None
+    G = build_generator(config)
+    expected = G.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise ModelLoadError(f"{path} does not match {CONFIG_NAME} ({'; '.join(parts)})")
+    G.load_state_dict(tensors)
+    return G.eval().requires_grad_(False).to(device)
+
+
+def weights_sha256(directory: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(Path(directory) / WEIGHTS_NAME, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bundled_models() -> dict[str, Path]:
+    """Names -> directories of the models shipped in ganserve/zoo."""
+    if not ZOO_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(ZOO_DIR.iterdir()) if (p / CONFIG_NAME).is_file()}
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A model directory from a path, or from the name of a bundled model."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    zoo = bundled_models()
+    name = str(name_or_path)
+    if _NAME.match(name) and name in zoo:
+        return zoo[name]
+    known = ", ".join(zoo) or "none are installed"
+    raise ModelLoadError(f"no model directory or bundled model named {name!r} (bundled models: {known})")

@@ -1,0 +1,41 @@
+"""Tiny models shared by the tests: a few hundred thousand parameters, 16x16, built in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ganserve.models import ModelConfig, build_generator
+from ganserve.models.weights import save_model
+
+TINY = dict(resolution=16, z_dim=32, w_dim=32, fmap_base=128, fmap_max=32, mapping_layers=2)
+
+
+def tiny_config(arch: str = "stylegan", **overrides) -> ModelConfig:
+    return ModelConfig(arch=arch, **{**TINY, **overrides})
+
+
+def tiny_generator(arch: str = "stylegan", seed: int = 0, **overrides):
+    """A generator whose noise strengths and w_avg are non-zero, as after training, so that they matter."""
+    torch.manual_seed(seed)
+    G = build_generator(tiny_config(arch, **overrides))
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise.strength"):
+                p.normal_(0, 0.5)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.2)
+        G.estimate_w_avg(1024)
+    return G.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session", params=["stylegan", "progan"])
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory) -> dict[str, str]:
+    """Saved tiny model directories, one per architecture."""
+    root = tmp_path_factory.mktemp("models")
+    return {a: str(save_model(tiny_generator(a), root / a)) for a in ("stylegan", "progan")}

@@ -1,0 +1,91 @@
+"""The `ganserve` console script, run as a user would (a real subprocess)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ganserve(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "ganserve.cli", *args], capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ganserve {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def _total(out: str) -> int:
+    return int(re.search(r"total ([\d,]+)", out).group(1).replace(",", ""))
+
+
+def test_info_prints_paper_parameter_counts():
+    style = ganserve("info", "--arch", "stylegan", "--resolution", "1024").stdout
+    assert "num_ws:       18" in style
+    assert abs(_total(style) - 26_219_627) / 26_219_627 < 0.01
+    assert "mapping 2,101,248" in style
+    pro = ganserve("info", "--arch", "progan", "--resolution", "1024").stdout
+    assert abs(_total(pro) - 23_080_000) / 23_080_000 < 0.01
+
+
+def test_init_info_generate_round_trip(tmp_path):
+    model = tmp_path / "model"
+    ganserve("init", "--arch", "stylegan", "--resolution", "16", "--fmap-base", "128", "--fmap-max", "32",
+             "--z-dim", "32", "--w-dim", "32", "--out", str(model))
+    info = ganserve("info", str(model)).stdout
+    assert "stylegan" in info and "16x16" in info and "training:" in info
+    again = ganserve("init", "--arch", "stylegan", "--resolution", "16", "--out", str(model), check=False)
+    assert again.returncode == 2 and "--force" in again.stderr
+
+    out = tmp_path / "out"
+    ganserve("generate", "--model", str(model), "--seeds", "0-5", "--batch-size", "4", "--outdir", str(out),
+             "--grid", str(out / "grid.png"), "--psi", "0.7", "--quiet")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["grid.png"] + [f"seed{s:04d}.png" for s in range(6)]
+    img = np.asarray(Image.open(out / "seed0003.png"))
+    assert img.shape == (16, 16, 3) and img.dtype == np.uint8
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape == (32, 48, 3)  # 3 columns, 2 rows
+    assert np.array_equal(grid[16:32, 0:16], img)  # seed 3 sits in row 1, column 0
+
+    # one seed at a time, in another process, gives the same pixels
+    single = tmp_path / "single"
+    ganserve("generate", "--model", str(model), "--seeds", "3", "--outdir", str(single), "--psi", "0.7", "--quiet")
+    assert np.array_equal(np.asarray(Image.open(single / "seed0003.png")), img)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "3-1"], "runs backwards"),
+    (["--seeds", "abc"], "bad seed 'abc'"),
+    (["--seeds", "1", "--psi", "nan"], "psi"),
+    (["--seeds", "1", "--mix-seed", "2", "--mix-layers", "99"], "out of range"),
+    (["--seeds", "1", "--batch-size", "0"], "batch size"),
+    (["--seeds", "1", "--device", "tpu"], "device must be one of"),
+])
+def test_generate_reports_bad_input_in_one_line(model_dirs, tmp_path, args, message):
+    proc = ganserve("generate", "--model", model_dirs["stylegan"], "--outdir", str(tmp_path), *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_mixing_on_a_progan_model_is_a_clear_error(model_dirs, tmp_path):
+    proc = ganserve("generate", "--model", model_dirs["progan"], "--seeds", "1", "--mix-seed", "2",
+                    "--outdir", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "style mixing needs a StyleGAN" in proc.stderr
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    proc = ganserve("generate", "--model", str(tmp_path / "nope"), "--seeds", "1", "--outdir", str(tmp_path),
+                    check=False)
+    assert proc.returncode == 2 and "no model directory or bundled model named" in proc.stderr
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert f"\n{ci}\n" in readme
+    assert "pip install torch==2.13.0 &&" in ci  # the CPU build first, so no CUDA wheels are pulled
