@@ -6,6 +6,8 @@ Owns argument parsing and turning library errors into one-line CLI errors; the w
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,6 +15,9 @@ import torch
 
 from ganserve.models.config import ARCHS, ModelConfig
 from ganserve.models.latents import SpecError
+
+# Subcommands that live with their package: each module has register(subparsers) adding its commands.
+_SUBCOMMAND_MODULES = ("ganserve.train.cli", "ganserve.export.cli", "ganserve.serve.cli")
 
 
 class CLIError(Exception):
@@ -87,25 +92,23 @@ def cmd_init(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from ganserve.devices import resolve_device
+    from ganserve.export.backends import load_backend
     from ganserve.imaging import encode, make_grid, to_pil
     from ganserve.models.latents import parse_seeds
-    from ganserve.models.sampling import iter_batches, make_specs, prepare_batch, run_eager
-    from ganserve.models.weights import load_model, resolve_model
+    from ganserve.models.sampling import iter_batches, make_specs
 
-    device = resolve_device(args.device)
-    G = load_model(resolve_model(args.model), device)
+    backend = load_backend(args.model, args.backend, args.device)
     seeds = parse_seeds(args.seeds)
     specs = make_specs(
-        G.config, seeds, psi=args.psi, mix_seed=args.mix_seed, mix_layers=args.mix_layers,
+        backend.config, seeds, psi=args.psi, mix_seed=args.mix_seed, mix_layers=args.mix_layers,
         noise=args.noise, truncation_cutoff=args.truncation_cutoff,
     )
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     images = []
-    with tqdm(total=len(specs), unit="img", desc="generate", disable=args.quiet) as bar:
+    with tqdm(total=len(specs), unit="img", desc=f"generate ({backend.describe()})", disable=args.quiet) as bar:
         for batch in iter_batches(specs, args.batch_size):
-            pixels = run_eager(G, prepare_batch(batch, G.config, G.noise_resolutions()), device).cpu().numpy()
+            pixels = backend.generate(batch)
             for spec, im in zip(batch, pixels):
                 (outdir / f"seed{spec.seed:04d}.{args.format}").write_bytes(encode(im, args.format))
             if args.grid:
@@ -150,15 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", choices=("const", "random"), default="const")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--backend", default="torch", help="inference backend (default torch)")
     p.add_argument("--format", choices=("png", "jpeg", "webp"), default="png")
     p.add_argument("--outdir", required=True)
     p.add_argument("--grid", help="also write all images as one grid PNG here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("serve", help="serve models over HTTP")
-    p.add_argument("models", nargs="*")
-    p.set_defaults(func=cmd_serve)
+    for module in _SUBCOMMAND_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(sub)
+    if "serve" not in sub.choices:
+        p = sub.add_parser("serve", help="serve models over HTTP")
+        p.add_argument("models", nargs="*")
+        p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (CLIError, SpecError, ModelLoadError, ValueError) as e:
+    except (CLIError, SpecError, ModelLoadError, ValueError, FileNotFoundError) as e:
         print(f"ganserve {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
