@@ -20,8 +20,9 @@ from ganserve.models.latents import SpecError
 _SUBCOMMAND_MODULES = ("ganserve.train.cli", "ganserve.export.cli", "ganserve.serve.cli")
 
 
-class CLIError(Exception):
-    """An error for the user: printed as one line, exit status 2."""
+class CLIError(ValueError):
+    """An error for the user: printed as one line, exit status 2. (A ValueError, so it is caught even when this
+    module runs as __main__ and the subcommand modules import a second copy of it.)"""
 
 
 def _config_from_args(args: argparse.Namespace) -> ModelConfig:
@@ -153,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", choices=("const", "random"), default="const")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--backend", default="torch", help="inference backend (default torch)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "compile", "onnxruntime", "tensorrt"),
+                   help="inference backend; auto: the fastest that runs here (default)")
     p.add_argument("--format", choices=("png", "jpeg", "webp"), default="png")
     p.add_argument("--outdir", required=True)
     p.add_argument("--grid", help="also write all images as one grid PNG here")

@@ -1,0 +1,287 @@
+"""Python client of the ganserve HTTP API: Client (blocking) and AsyncClient, images as PIL images or raw bytes.
+
+Owns building requests, reading the POST /generate image stream, retrying on 503, and ServerError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from ganserve.serve.multipart import MultipartParser, boundary_of
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+MAX_CHUNK = 128  # seeds per POST when generate_many splits a long list
+
+
+class ServerError(Exception):
+    """The server refused or failed a request. `status`, `detail` (its message) and `field` (the bad parameter)."""
+
+    def __init__(self, status: int, detail: str, field: str | None = None, retry_after: float | None = None):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status, self.detail, self.field, self.retry_after = status, detail, field, retry_after
+
+
+def _error(status: int, content: bytes, headers: httpx.Headers) -> ServerError:
+    try:
+        body = httpx.Response(status, content=content).json()
+        detail, field = str(body.get("detail", body)), body.get("field")
+    except (ValueError, AttributeError):
+        detail, field = content.decode("utf-8", "replace")[:500] or httpx.codes.get_reason_phrase(status), None
+    retry = headers.get("retry-after")
+    return ServerError(status, detail, field, float(retry) if retry and retry.isdigit() else None)
+
+
+def _params(**params: Any) -> dict[str, Any]:
+    """Request parameters, leaving out those not given (the server's defaults apply)."""
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _seed_list(seeds: int | str | Iterable[int]) -> list[int]:
+    if isinstance(seeds, str):
+        from ganserve.models.latents import parse_seeds  # the one seed-list parser (imports torch: only when needed)
+
+        return parse_seeds(seeds)
+    return [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
+
+
+def _chunks(seeds: list[int], concurrency: int, chunk_size: int | None) -> list[list[int]]:
+    size = chunk_size or min(MAX_CHUNK, max(1, math.ceil(len(seeds) / max(1, concurrency))))
+    return [seeds[i : i + size] for i in range(0, len(seeds), size)]
+
+
+def to_image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def _parts(parser: MultipartParser, chunk: bytes) -> Iterator[tuple[int, bytes]]:
+    for part in parser.feed(chunk):
+        if "x-error" in part.headers:
+            raise _error(int(part.headers["x-error"]), part.body, httpx.Headers())
+        yield int(part.headers["x-seed"]), part.body
+
+
+class Client:
+    """Blocking client. `generate_many*` runs up to `concurrency` streaming requests at once on threads."""
+
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 120.0, retries: int = 3):
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        self.retries = retries
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            response = self.http.request(method, path, **kwargs)
+            if response.status_code < 400:
+                return response
+            error = _error(response.status_code, response.content, response.headers)
+            if response.status_code != 503 or attempt == self.retries:
+                raise error
+            time.sleep(min(error.retry_after or 1.0, 10.0))
+        raise AssertionError("unreachable")
+
+    def models(self) -> dict:
+        return self._send("GET", "/models").json()
+
+    def health(self) -> dict:
+        response = self.http.get("/health")
+        return response.json() if response.status_code in (200, 503) else {"status": f"HTTP {response.status_code}"}
+
+    def generate_bytes(
+        self, seed: int, psi: float | None = None, mix_seed: int | None = None, mix_layers: str | None = None,
+        model: str | None = None, noise: str | None = None, truncation_cutoff: int | None = None,
+        format: str | None = None,
+    ) -> bytes:
+        """One encoded image (PNG unless `format` says jpeg or webp)."""
+        params = _params(seed=seed, psi=psi, mix_seed=mix_seed, mix_layers=mix_layers, model=model, noise=noise,
+                         truncation_cutoff=truncation_cutoff, format=format)
+        return self._send("GET", "/generate", params=params).content
+
+    def generate(self, seed: int, **params) -> Image.Image:
+        """One image as a PIL image; parameters as for generate_bytes."""
+        return to_image(self.generate_bytes(seed, **params))
+
+    def _stream(self, seeds: list[int], params: dict, stop: threading.Event) -> Iterator[tuple[int, bytes]]:
+        body = {"seeds": seeds, **params}
+        for attempt in range(self.retries + 1):
+            with self.http.stream("POST", "/generate", json=body) as response:
+                if response.status_code >= 400:
+                    error = _error(response.status_code, response.read(), response.headers)
+                    if response.status_code != 503 or attempt == self.retries:
+                        raise error
+                else:
+                    parser = MultipartParser(boundary_of(response.headers.get("content-type", "")))
+                    for chunk in response.iter_bytes():
+                        yield from _parts(parser, chunk)
+                        if stop.is_set():
+                            return
+                    parser.close()
+                    return
+            time.sleep(min(error.retry_after or 1.0, 10.0))
+
+    def generate_many_bytes(
+        self, seeds: int | str | Iterable[int], concurrency: int = 1, chunk_size: int | None = None, **params
+    ) -> Iterator[tuple[int, bytes]]:
+        """(seed, encoded image) for every seed, as they arrive (not in order). `seeds`: list, range or '0-99'."""
+        chunks = _chunks(_seed_list(seeds), concurrency, chunk_size)
+        body = _params(**params)
+        todo: queue.Queue = queue.Queue()
+        for c in chunks:
+            todo.put(c)
+        results: queue.Queue = queue.Queue()  # unbounded: a worker never blocks on it, so it can always stop
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                while not stop.is_set():
+                    try:
+                        chunk = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    for item in self._stream(chunk, body, stop):
+                        results.put(item)
+            except BaseException as e:  # handed to the consumer
+                results.put(e)
+            finally:
+                results.put(None)
+
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(min(concurrency, len(chunks)) or 1)]
+        for t in threads:
+            t.start()
+        running = len(threads)
+        try:
+            while running:
+                item = results.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            stop.set()  # workers still streaming stop after their next chunk
+
+    def generate_many(self, seeds: int | str | Iterable[int], concurrency: int = 1, **params):
+        """(seed, PIL image) for every seed, as they arrive."""
+        for seed, data in self.generate_many_bytes(seeds, concurrency=concurrency, **params):
+            yield seed, to_image(data)
+
+
+class AsyncClient:
+    """asyncio client with the same methods as Client, as coroutines and async iterators."""
+
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 120.0, retries: int = 3):
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout)
+        self.retries = retries
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            response = await self.http.request(method, path, **kwargs)
+            if response.status_code < 400:
+                return response
+            error = _error(response.status_code, response.content, response.headers)
+            if response.status_code != 503 or attempt == self.retries:
+                raise error
+            await asyncio.sleep(min(error.retry_after or 1.0, 10.0))
+        raise AssertionError("unreachable")
+
+    async def models(self) -> dict:
+        return (await self._send("GET", "/models")).json()
+
+    async def generate_bytes(
+        self, seed: int, psi: float | None = None, mix_seed: int | None = None, mix_layers: str | None = None,
+        model: str | None = None, noise: str | None = None, truncation_cutoff: int | None = None,
+        format: str | None = None,
+    ) -> bytes:
+        params = _params(seed=seed, psi=psi, mix_seed=mix_seed, mix_layers=mix_layers, model=model, noise=noise,
+                         truncation_cutoff=truncation_cutoff, format=format)
+        return (await self._send("GET", "/generate", params=params)).content
+
+    async def generate(self, seed: int, **params) -> Image.Image:
+        return to_image(await self.generate_bytes(seed, **params))
+
+    async def _stream(self, seeds: list[int], params: dict) -> AsyncIterator[tuple[int, bytes]]:
+        body = {"seeds": seeds, **params}
+        for attempt in range(self.retries + 1):
+            async with self.http.stream("POST", "/generate", json=body) as response:
+                if response.status_code >= 400:
+                    error = _error(response.status_code, await response.aread(), response.headers)
+                    if response.status_code != 503 or attempt == self.retries:
+                        raise error
+                else:
+                    parser = MultipartParser(boundary_of(response.headers.get("content-type", "")))
+                    async for chunk in response.aiter_bytes():
+                        for item in _parts(parser, chunk):
+                            yield item
+                    parser.close()
+                    return
+            await asyncio.sleep(min(error.retry_after or 1.0, 10.0))
+
+    async def generate_many_bytes(
+        self, seeds: int | str | Iterable[int], concurrency: int = 1, chunk_size: int | None = None, **params
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """(seed, encoded image) for every seed, as they arrive, with up to `concurrency` requests in flight."""
+        chunks = _chunks(_seed_list(seeds), concurrency, chunk_size)
+        body = _params(**params)
+        results: asyncio.Queue = asyncio.Queue()
+        todo = iter(chunks)
+
+        async def work() -> None:
+            try:
+                for chunk in todo:
+                    async for item in self._stream(chunk, body):
+                        await results.put(item)
+            except Exception as e:  # handed to the consumer (a cancellation is not)
+                await results.put(e)
+            finally:
+                await results.put(None)
+
+        tasks = [asyncio.create_task(work()) for _ in range(min(concurrency, len(chunks)) or 1)]
+        running = len(tasks)
+        try:
+            while running:
+                item = await results.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def generate_many(self, seeds: int | str | Iterable[int], concurrency: int = 1, **params):
+        async for seed, data in self.generate_many_bytes(seeds, concurrency=concurrency, **params):
+            yield seed, to_image(data)

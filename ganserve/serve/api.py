@@ -1,0 +1,77 @@
+"""The LitAPI: each inference worker loads every served model once, then turns batches of image jobs into pixels.
+
+Owns worker setup (backends, signals) only; validation, batching policy and encoding live in their own modules.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+from pathlib import Path
+
+import litserve as ls
+from litserve.loops.simple_loops import BatchedLoop
+
+from ganserve.serve.batching import ImageJob, ImageResult, run_jobs
+
+
+class GeneratorAPI(ls.LitAPI):
+    def __init__(
+        self, models: dict[str, Path], backend: str, state_dir: Path, cpu_threads: int | None = None, **litapi_options
+    ):
+        # The batched loop even at max_batch_size=1, so that predict always receives a list.
+        super().__init__(api_path="/generate", loop=BatchedLoop(), **litapi_options)
+        self.model_dirs = models
+        self.backend_name = backend
+        self.state_dir = state_dir  # where workers report to the main process: the backends chosen, or why none loaded
+        self.cpu_threads = cpu_threads  # torch intra-op threads when the device is the CPU
+        self.stopping = mp.get_context("spawn").Event()  # set by the main process right before it stops the workers
+
+    def setup(self, device: str) -> None:
+        from ganserve.export.backends import load_backend
+
+        self._watch_signals()
+        if str(device).startswith("cpu") and self.cpu_threads:
+            import torch
+
+            torch.set_num_threads(self.cpu_threads)
+        try:
+            self.backends = {name: load_backend(d, self.backend_name, device) for name, d in self.model_dirs.items()}
+        except Exception as e:
+            _write(Path(self.state_dir) / "error.txt", f"{type(e).__name__}: {e}".splitlines()[0])
+            raise
+        _write(Path(self.state_dir) / "backends.json", json.dumps({n: b.name for n, b in self.backends.items()}))
+
+    def decode_request(self, request: ImageJob) -> ImageJob:
+        return request  # validated before it was queued
+
+    def predict(self, jobs: list[ImageJob]) -> list[ImageResult]:
+        return run_jobs(self.backends, jobs)
+
+    def encode_response(self, output: ImageResult) -> ImageResult:
+        return output  # raw pixels; the HTTP process encodes them off the device's critical path
+
+    def _watch_signals(self) -> None:
+        """Ctrl-C, or a SIGTERM sent to the whole process group, reaches us too; but the main process drains first
+        and stops us afterwards. So: ignore SIGINT; exit on SIGTERM only once it says so, or once it is gone."""
+        parent = os.getppid()
+
+        def on_sigterm(signum, frame):
+            if self.stopping.is_set() or os.getppid() != parent:
+                os._exit(0)
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, on_sigterm)
+        if sys.platform == "linux":  # SIGTERM when the main process dies, even by SIGKILL
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,121 @@
+"""Hands validated image jobs to LitServe's request queue and awaits their pixels, one queue item per image.
+
+Owns admission (a bounded queue: 503 + Retry-After when full) and the only code touching LitServe's queue plumbing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import pickle
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from fastapi import HTTPException
+from litserve.utils import LitAPIStatus, ResponseBufferItem
+
+from ganserve.serve.batching import ImageResult
+from ganserve.serve.metrics import Metrics
+from ganserve.serve.params import ApiError
+
+
+class GenerationError(HTTPException):
+    """The server failed to make an image (never the client's fault)."""
+
+
+class Dispatcher:
+    """Images go into LitServe's queue one by one, so that its dynamic batching mixes requests freely.
+
+    `depth` counts images queued or on the device; a new request is refused (503) while depth >= max_queue.
+    """
+
+    def __init__(self, server, api_path: str, max_queue: int, metrics: Metrics):
+        self.server = server  # the LitServer; its queues and response buffer are valid inside its API process
+        self.api_path = api_path
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.depth = 0
+        self._done = deque(maxlen=512)  # completion times of recent images: the rate Retry-After is estimated from
+
+    def admit(self) -> None:
+        if self.depth >= self.max_queue:
+            self.metrics.rejected.inc()
+            raise ApiError(
+                503, f"the server is busy: {self.depth} images are queued (limit {self.max_queue}); retry shortly",
+                headers={"Retry-After": str(self.retry_after())},
+            )
+
+    def retry_after(self) -> int:
+        """Seconds until about half the queue has drained at the recent rate: 1 to 60."""
+        span = time.monotonic() - self._done[0] if self._done else 0.0
+        if span <= 0:
+            return 1
+        return int(min(60, max(1, math.ceil(self.depth / 2 / (len(self._done) / span)))))
+
+    async def generate(self, model: str, spec) -> ImageResult:
+        """One image: queue it, wait for its batch, return its pixels."""
+        uid, item = uuid.uuid4().hex, ResponseBufferItem(event=asyncio.Event())
+        buffer = self.server.response_buffer
+        buffer[uid] = item  # registered before it is queued, so the answer cannot arrive unseen
+        self.depth += 1
+        submitted = time.monotonic()
+        try:
+            queue = self.server._get_request_queue(self.api_path)
+            queue.put((self.server.app.response_queue_id, uid, submitted, (model, spec)))
+            await item.event.wait()
+            data, status = item.response
+        finally:
+            buffer.pop(uid, None)
+            self.depth -= 1
+        if status != LitAPIStatus.OK:
+            raise _worker_error(data)
+        self._done.append(time.monotonic())
+        self._observe(model, data, submitted)
+        return data
+
+    def _observe(self, model: str, result: ImageResult, submitted: float) -> None:
+        self.metrics.queue_time.observe(max(0.0, result.started - submitted))
+        if result.first_in_batch:
+            self.metrics.batch_size.labels(model).observe(result.batch_size)
+            self.metrics.device_time.labels(model).observe(result.device_seconds)
+
+    async def stream(
+        self, jobs: Sequence, window: int, then: Callable[[ImageResult], Awaitable] | None = None
+    ) -> AsyncIterator[tuple[int, object]]:
+        """(index, result) for each (model, spec) in `jobs`, in order of completion, with at most `window` in flight.
+
+        `then` (e.g. encoding) runs on each result as soon as it arrives; its return value is what is yielded.
+        """
+
+        async def one(i: int):
+            result = await self.generate(*jobs[i])
+            return await then(result) if then else result
+
+        index: dict[asyncio.Task, int] = {}
+        next_index = 0
+        try:
+            while next_index < len(jobs) or index:
+                while next_index < len(jobs) and len(index) < window:
+                    index[asyncio.ensure_future(one(next_index))] = next_index
+                    next_index += 1
+                done, _ = await asyncio.wait(index, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=index.__getitem__):
+                    yield index.pop(task), task.result()
+        finally:
+            for task in index:
+                task.cancel()
+
+
+def _worker_error(data) -> HTTPException:
+    if isinstance(data, bytes):
+        try:
+            data = pickle.loads(data)
+        except Exception:
+            pass
+    if isinstance(data, HTTPException):
+        if data.status_code == 504:
+            return GenerationError(504, "the image waited too long in the queue; retry, or send fewer at once")
+        return GenerationError(data.status_code, str(data.detail))
+    return GenerationError(500, f"generation failed on the server: {type(data).__name__}: {data}")

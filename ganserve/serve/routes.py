@@ -1,0 +1,244 @@
+"""The HTTP API of DESIGN.md on LitServe's FastAPI app: GET/POST /generate, /models, /health, /metrics.
+
+Owns status codes, headers, JSON errors, the API-key check and the body-size limit; the work is done elsewhere.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from litserve.utils import WorkerSetupStatus
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ganserve.models.config import ModelConfig
+from ganserve.serve import multipart
+from ganserve.serve.batching import ImageResult
+from ganserve.serve.dispatch import Dispatcher
+from ganserve.serve.encoding import Encoder, media_type
+from ganserve.serve.metrics import Metrics, RequestMetricsMiddleware
+from ganserve.serve.params import ApiError, GenerateBody, GenerateQuery, make_job, parse_request_seeds
+
+OPEN_PATHS = ("/", "/health")  # reachable without the API key (the gallery page is static; it asks for the key)
+GALLERY = Path(__file__).resolve().parent.parent / "gallery" / "index.html"
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what was wrong, in one sentence")
+    field: str | None = Field(None, description="the request parameter it is about")
+
+
+ERRORS = {
+    400: {"model": ErrorBody, "description": "a parameter this model cannot honour (style mixing on ProGAN)"},
+    401: {"model": ErrorBody, "description": "missing or wrong API key (when the server has one)"},
+    404: {"model": ErrorBody, "description": "no such model"},
+    413: {"model": ErrorBody, "description": "too many seeds, or a request body over the limit"},
+    422: {"model": ErrorBody, "description": "a malformed or out-of-range parameter"},
+    503: {"model": ErrorBody, "description": "the queue is full; see Retry-After"},
+}
+
+
+@dataclass
+class Service:
+    """What the routes need; built in the main process, used in the API process."""
+
+    configs: dict[str, ModelConfig]
+    default_model: str
+    backend: str
+    dispatcher: Dispatcher
+    encoder: Encoder
+    metrics: Metrics
+    max_seeds: int
+    window: int  # images of one POST in flight at once
+    server: object  # the LitServer, for worker readiness
+
+    async def image(self, result: ImageResult, model: str, fmt: str) -> tuple[ImageResult, bytes]:
+        data, seconds = await self.encoder.encode(result.pixels, fmt)
+        self.metrics.encode_time.labels(fmt).observe(seconds)
+        self.metrics.images.labels(model, fmt).inc()
+        return result, data
+
+    def workers(self) -> tuple[int, int]:
+        status = dict(self.server.workers_setup_status)
+        return sum(v == WorkerSetupStatus.READY for v in status.values()), len(status)
+
+
+UNION_HINTS = {
+    "seeds": "give a list of integers, one integer, or a string like '0-99' or '1,2,5-10'",
+    "mix_layers": "give coarse, middle, fine, all, a range 'a-b', a list '0,1,4-5', or a list of integers",
+}
+
+
+# -- errors ----------------------------------------------------------------------------------------------------
+def _error(status: int, detail: str, field: str | None = None, headers=None, **extra) -> JSONResponse:
+    return JSONResponse({"detail": detail, "field": field, **extra}, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail), getattr(exc, "field", None), getattr(exc, "headers", None))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    if not errors:
+        return _error(422, "invalid request")
+    # A union (seeds, mix_layers) reports one error per alternative: prefer one that is not just "wrong type".
+    best = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+    loc = best["loc"]
+    field = str(loc[1]) if len(loc) > 1 and isinstance(loc[1], str) else str(loc[0]) if loc else None
+    message = f"{field}: {best['msg']}"
+    if best["type"] == "model_attributes_type" and loc == ["body"]:
+        message = "the body must be a JSON object, sent with Content-Type: application/json"
+    elif field in UNION_HINTS and best["type"].endswith("_type"):
+        message = f"{field}: {UNION_HINTS[field]}"
+    return _error(422, message, field, errors=errors)
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    return _error(500, f"internal error: {type(exc).__name__}")
+
+
+# -- middleware ------------------------------------------------------------------------------------------------
+class ApiKeyMiddleware:
+    """401 for every path but /health unless the X-API-Key header (or Authorization: Bearer) carries the key."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            headers = dict(scope["headers"])
+            given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
+            if not secrets.compare_digest(given, self.key):
+                response = _error(401, "missing or wrong API key: send it in the X-API-Key header",
+                                  headers={"WWW-Authenticate": "X-API-Key"})
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over `limit` bytes, by Content-Length up front or by counting a chunked body."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit():
+            return await _error(400, "bad Content-Length header")(scope, receive, send)
+        if int(declared) > self.limit:
+            return await _error(413, f"request body too large: at most {self.limit} bytes")(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, f"request body too large: at most {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+# -- routes ----------------------------------------------------------------------------------------------------
+def install(app: FastAPI, svc: Service, api_key: str | None, max_body: int) -> None:
+    """Replace LitServe's POST-only /generate and text /health with the routes below."""
+    replaced = ("/", "/generate", "/health")
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in replaced]
+    app.exception_handlers.clear()
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _server_error)
+    app.add_middleware(BodyLimitMiddleware, limit=max_body)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, key=api_key)
+    app.add_middleware(RequestMetricsMiddleware, metrics=svc.metrics)  # outermost: counts 401s and 413s too
+    app.title, app.description = "ganserve", "ProGAN/StyleGAN images over HTTP, batched dynamically on the device."
+
+    images = {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "the image"}
+
+    @app.get("/generate", response_class=Response, responses={200: images, **ERRORS}, tags=["images"])
+    async def generate_one(params: Annotated[GenerateQuery, Query()]) -> Response:
+        """One image. Headers: X-Seed, X-Model, X-Batch-Size (the device batch this request rode in)."""
+        job = make_job(params, [params.seed], svc.configs, svc.default_model)
+        svc.dispatcher.admit()
+        result, data = await svc.image(await svc.dispatcher.generate(job.model, job.specs[0]), job.model, job.format)
+        headers = {"X-Seed": str(params.seed), "X-Model": job.model, "X-Batch-Size": str(result.batch_size)}
+        return Response(data, media_type=media_type(job.format), headers=headers)
+
+    @app.post("/generate", response_class=StreamingResponse, tags=["images"],
+              responses={200: {"content": {"multipart/mixed": {}}, "description": "one part per image"}, **ERRORS})
+    async def generate_many(body: GenerateBody) -> StreamingResponse:
+        """Many images, streamed as multipart/mixed in order of completion; each part has X-Seed and X-Index."""
+        seeds = parse_request_seeds(body.seeds, svc.max_seeds)
+        job = make_job(body, seeds, svc.configs, svc.default_model)
+        svc.dispatcher.admit()
+        boundary = multipart.new_boundary()
+        jobs = [(job.model, spec) for spec in job.specs]
+
+        async def parts():
+            try:
+                async for i, (result, data) in svc.dispatcher.stream(
+                    jobs, svc.window, then=lambda r: svc.image(r, job.model, job.format)
+                ):
+                    headers = {
+                        "Content-Type": media_type(job.format), "X-Seed": str(seeds[i]), "X-Index": str(i),
+                        "X-Batch-Size": str(result.batch_size), "X-Generated-At": f"{result.generated_at:.6f}",
+                    }
+                    yield multipart.part(boundary, headers, data)
+            except StarletteHTTPException as e:  # headers are sent already: the error becomes the last part
+                body = JSONResponse({"detail": str(e.detail), "status": e.status_code}).body
+                headers = {"Content-Type": "application/json", "X-Error": str(e.status_code)}
+                yield multipart.part(boundary, headers, body)
+            yield multipart.closing(boundary)
+
+        headers = {"X-Model": job.model, "X-Count": str(len(jobs))}
+        return StreamingResponse(parts(), media_type=multipart.content_type(boundary), headers=headers)
+
+    @app.get("/", response_class=HTMLResponse, tags=["server"])
+    async def gallery() -> HTMLResponse:
+        """The gallery page (it uses only the endpoints below)."""
+        if not GALLERY.is_file():
+            return HTMLResponse('<p>ganserve is running: see <a href="/docs">/docs</a>.</p>')
+        return HTMLResponse(GALLERY.read_text(encoding="utf-8"))
+
+    @app.get("/models", tags=["server"])
+    async def models() -> dict:
+        """The served models; `default` is used when a request names none."""
+        return {
+            "default": svc.default_model,
+            "max_seeds_per_request": svc.max_seeds,
+            "models": [
+                {"name": name, "arch": c.arch, "resolution": c.resolution, "num_ws": c.num_ws,
+                 "img_channels": c.img_channels, "supports_mixing": c.supports_mixing,
+                 "backend": svc.server.backend_names.get(name, svc.backend)}
+                for name, c in svc.configs.items()
+            ],
+        }
+
+    @app.get("/health", tags=["server"])
+    async def health() -> JSONResponse:
+        """200 once every worker has loaded every model, else 503. Needs no API key."""
+        try:
+            ready, total = svc.workers()
+        except Exception:  # the worker registry is gone: we are shutting down
+            return JSONResponse({"status": "stopping"}, status_code=503)
+        ok = total > 0 and ready == total
+        body = {"status": "ready" if ok else "loading", "workers_ready": ready, "workers": total,
+                "models": list(svc.configs), "queue_depth": svc.dispatcher.depth}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=Response, tags=["server"])
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        data, content_type = svc.metrics.render()
+        return Response(data, media_type=content_type)

@@ -1,0 +1,191 @@
+"""The gallery page at GET /, driven end to end in headless Chromium against a real server on loopback.
+
+Chromium and its driver come from Debian (packages chromium, chromium-driver); the set-up installs them when it
+can (root with apt-get) and otherwise skips with the reason. A screenshot lands in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("GANSERVE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+def _ensure_chromium() -> None:
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        pytest.skip("headless Chromium is not installed and cannot be (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if proc.returncode != 0:
+            pytest.skip(f"could not install Debian's chromium: {' '.join(cmd)} -> {proc.stderr.strip()[-300:]}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _ensure_chromium()
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--window-size=1200,1600"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(model_dirs, tmp_path_factory):
+    """`ganserve serve` on a free loopback port with the tiny StyleGAN; yields its base URL."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("gallery") / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ganserve.cli", "serve", model_dirs["stylegan"], "--host", "127.0.0.1",
+         "--port", str(port), "--backend", "torch", "--device", "cpu", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"the server exited: {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > end:
+                raise AssertionError("the server did not become healthy within 90 s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait(driver, script: str, timeout: float = 60, what: str = "condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; page error: {driver.find_element('id', 'error').text!r}")
+
+
+# Pixel fingerprint of every decoded image in a container, read back through a canvas.
+FINGERPRINTS = """
+const imgs = [...document.querySelectorAll(arguments[0] + ' .cell.loaded img')];
+return imgs.map((img) => {
+  const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+  return Array.from(ctx.getImageData(0, 0, c.width, c.height).data).join(',');
+});
+"""
+
+
+def _rerendered(driver, before: str) -> None:
+    _wait(driver, f"return document.getElementById('grid').dataset.generation !== '{before}'", what="a re-render")
+
+
+def _generation(driver) -> str:
+    return driver.execute_script("return document.getElementById('grid').dataset.generation")
+
+
+def _loaded(driver, selector: str, count: int, what: str) -> list[str]:
+    script = f"return document.querySelectorAll('{selector} .cell.loaded').length >= {count}"
+    _wait(driver, script, what=what)
+    return driver.execute_script(FINGERPRINTS, selector)
+
+
+def test_gallery_grid_psi_slider_mixing_and_details(browser, live_server):
+    browser.get(live_server + "/")
+    first = _loaded(browser, "#grid", 24, "the seed grid to fill")
+    assert len(first) == 24 and len(set(first)) > 20  # decoded, and different seeds look different
+    size = browser.execute_script("const i = document.querySelector('#grid .cell.loaded img'); return i.naturalWidth")
+    assert size == 16
+
+    # psi slider to 0: every seed turns into the average image
+    before = _generation(browser)
+    browser.execute_script("const s = document.getElementById('psi'); s.value = '0';"
+                           "s.dispatchEvent(new Event('input'));")
+    _rerendered(browser, before)
+    at_zero = _loaded(browser, "#grid", 24, "the grid at psi 0")
+    assert len(set(at_zero)) == 1 and at_zero[0] not in first
+
+    # next page shows other seeds
+    before = _generation(browser)
+    browser.execute_script("const s = document.getElementById('psi'); s.value = '1';"
+                           "s.dispatchEvent(new Event('input'));")
+    _rerendered(browser, before)
+    browser.find_element("id", "next").click()
+    _wait(browser, "return document.querySelector('#grid .cell').dataset.seed === '24'", what="page 2")
+    _loaded(browser, "#grid", 24, "page 2 to fill")
+
+    # style mixing grid: 3 row seeds x 4 column seeds, with the heads
+    browser.find_element("id", "mix-go").click()
+    mix = _loaded(browser, "#mix-grid", 3 * 4 + 3 + 4, "the mixing grid")
+    assert len(mix) == 19
+    # with every layer mixed, a cell is its column seed's image
+    browser.execute_script("document.getElementById('mix-preset').value = 'all'")
+    before = _generation(browser)
+    browser.find_element("id", "mix-go").click()
+    _rerendered(browser, before)
+    _loaded(browser, "#mix-grid", 19, "the all-layers mixing grid")
+    cells = browser.execute_script(
+        "return [...document.querySelectorAll('#mix-grid tr')].map(tr => [...tr.querySelectorAll('.cell')]"
+        ".map(c => { const i = c.querySelector('img'); const k = document.createElement('canvas');"
+        "k.width = i.naturalWidth; k.height = i.naturalHeight; const x = k.getContext('2d'); x.drawImage(i, 0, 0);"
+        "return Array.from(x.getImageData(0, 0, k.width, k.height).data).join(','); }))")
+    header, row = cells[0], cells[1]
+    assert row[1:] == header  # row seed x column seed with all layers == column seed
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "gallery.png"))
+
+    # clicking an image shows its parameters, the curl line and a download link
+    browser.execute_script("document.querySelector('#grid .cell.loaded').click()")
+    _wait(browser, "return document.getElementById('details').open", what="the details dialog")
+    curl = browser.find_element("id", "details-curl").text
+    assert curl.startswith("curl '") and "/generate?seed=24" in curl and "-o seed24.png" in curl
+    link = browser.find_element("id", "details-download")
+    assert link.get_attribute("download") == "seed24.png" and link.get_attribute("href").startswith("blob:")
+    browser.find_element("id", "details-close").click()
+
+    # a server error is shown plainly
+    browser.execute_script("document.getElementById('mix-preset').value = 'custom';"
+                           "document.getElementById('mix-custom').value = '0-99';")
+    browser.find_element("id", "mix-go").click()
+    message = _wait(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent",
+                    what="an error message")
+    assert "mix_layers" in message and "out of range" in message

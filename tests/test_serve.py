@@ -1,0 +1,260 @@
+"""The HTTP server, run as a real subprocess on a loopback port and spoken to over HTTP.
+
+One server (a tiny StyleGAN and a tiny ProGAN) for the whole module; images are checked against the torch backend.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganserve.export.backends import load_backend
+from ganserve.models import ModelConfig, build_generator
+from ganserve.models.sampling import make_spec
+from ganserve.models.weights import save_model
+from ganserve.serve.multipart import MultipartParser, boundary_of
+from ganserve.serve.process import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory) -> str:
+    """A 64x64 StyleGAN slow enough (about 0.1 s a batch on a CPU) that streaming is visible in time."""
+    torch.manual_seed(0)
+    config = ModelConfig(arch="stylegan", resolution=64, z_dim=32, w_dim=32, fmap_base=512, fmap_max=64,
+                         mapping_layers=2)
+    return str(save_model(build_generator(config).eval(), tmp_path_factory.mktemp("big") / "big"))
+
+
+@pytest.fixture(scope="module")
+def server(model_dirs, big_model, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    models = [f"sg={model_dirs['stylegan']}", f"pg={model_dirs['progan']}", f"big={big_model}"]
+    flags = ["--backend", "torch", "--max-batch-size", "16", "--batch-timeout-ms", "20", "--max-seeds", "200",
+             "--log-level", "warning"]
+    with ServerProcess(models, *flags, log=log) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def reference(model_dirs, big_model):
+    """Pixels from the torch backend in this process: what `ganserve generate` writes."""
+    backends = {"sg": load_backend(model_dirs["stylegan"], "torch", "cpu"),
+                "pg": load_backend(model_dirs["progan"], "torch", "cpu"),
+                "big": load_backend(big_model, "torch", "cpu")}
+
+    def images(seeds, model="sg", **params):
+        b = backends[model]
+        return b.generate([make_spec(b.config, s, **params) for s in seeds])
+
+    return images
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def get_image(http, **params) -> np.ndarray:
+    r = http.get("/generate", params=params)
+    assert r.status_code == 200, r.text
+    return pixels(r.content)
+
+
+def test_get_returns_the_png_that_ganserve_generate_writes(http, model_dirs, tmp_path):
+    r = http.get("/generate", params={"seed": 42, "psi": 0.7})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png" and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert r.headers["x-seed"] == "42" and r.headers["x-model"] == "sg" and int(r.headers["x-batch-size"]) >= 1
+    subprocess.run(
+        [sys.executable, "-m", "ganserve.cli", "generate", "--model", model_dirs["stylegan"], "--seeds", "42",
+         "--psi", "0.7", "--outdir", str(tmp_path), "--quiet", "--device", "cpu", "--backend", "torch"],
+        check=True, timeout=120,
+    )
+    assert np.array_equal(pixels(r.content), np.asarray(Image.open(tmp_path / "seed0042.png")))
+
+
+def test_64_concurrent_requests_share_batches_and_match_single_images(http, reference):
+    seeds = list(range(100, 164))
+    barrier = threading.Barrier(len(seeds))
+
+    def fetch(seed):
+        barrier.wait()
+        return http.get("/generate", params={"seed": seed})
+
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        responses = list(pool.map(fetch, seeds))
+    assert [r.status_code for r in responses] == [200] * 64
+    expected = reference(seeds)
+    for seed, r, want in zip(seeds, responses, expected):
+        assert r.headers["x-seed"] == str(seed)
+        assert np.array_equal(pixels(r.content), want), f"seed {seed} differs from its single image"
+    assert max(int(r.headers["x-batch-size"]) for r in responses) > 1
+    # the same seeds one at a time (each in a batch of its own) give the same pixels
+    for seed in seeds[:3]:
+        assert np.array_equal(get_image(http, seed=seed), expected[seed - 100])
+    metrics = http.get("/metrics").text
+    batches = float(re.search(r'ganserve_batch_size_count\{model="sg"\} (\S+)', metrics).group(1))
+    singles = float(re.search(r'ganserve_batch_size_bucket\{le="1.0",model="sg"\} (\S+)', metrics).group(1))
+    assert batches - singles >= 1, "no batch of more than one image was recorded"
+
+
+@pytest.mark.parametrize("model", ["sg", "pg"])
+def test_psi_zero_gives_the_same_image_for_every_seed(http, model):
+    a, b = get_image(http, seed=1, psi=0, model=model), get_image(http, seed=2, psi=0, model=model)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(get_image(http, seed=1, model=model), get_image(http, seed=2, model=model))
+
+
+def test_style_mixing_changes_the_image_and_all_layers_give_the_mix_seeds_image(http, reference):
+    plain, mixed = get_image(http, seed=1), get_image(http, seed=1, mix_seed=7, mix_layers="coarse")
+    assert not np.array_equal(plain, mixed)
+    assert np.array_equal(mixed, reference([1], mix_seed=7, mix_layers="coarse")[0])
+    assert np.array_equal(get_image(http, seed=1, mix_seed=7, mix_layers="all"), get_image(http, seed=7))
+    assert np.array_equal(get_image(http, seed=1, mix_seed=7, mix_layers="0-5"), get_image(http, seed=7))
+
+
+def test_random_noise_is_reproducible_and_differs_from_const(http):
+    a, b = get_image(http, seed=3, noise="random"), get_image(http, seed=3, noise="random")
+    assert np.array_equal(a, b) and not np.array_equal(a, get_image(http, seed=3))
+
+
+def test_jpeg_and_webp_are_smaller_formats_of_the_same_image(http):
+    for fmt, magic in (("jpeg", b"\xff\xd8"), ("webp", b"RIFF")):
+        r = http.get("/generate", params={"seed": 5, "format": fmt})
+        assert r.status_code == 200 and r.headers["content-type"] == f"image/{fmt}" and r.content.startswith(magic)
+        assert Image.open(io.BytesIO(r.content)).size == (16, 16)
+
+
+def test_post_streams_100_images_the_first_before_the_last_is_generated(server, reference):
+    seeds = list(range(300, 400))
+    arrivals, parts = [], []
+    body = {"seeds": "300-399", "psi": 0.5, "model": "big"}
+    with httpx.stream("POST", f"{server.url}/generate", json=body, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["x-count"] == "100" and r.headers["x-model"] == "big"
+        parser = MultipartParser(boundary_of(r.headers["content-type"]))
+        for chunk in r.iter_bytes():
+            for part in parser.feed(chunk):
+                arrivals.append(time.time())
+                parts.append(part)
+        parser.close()
+    assert sorted(int(p.headers["x-seed"]) for p in parts) == seeds
+    expected = reference(seeds, model="big", psi=0.5)
+    for p in parts:
+        assert p.headers["content-type"] == "image/png"
+        assert np.array_equal(pixels(p.body), expected[int(p.headers["x-index"])])
+    assert max(int(p.headers["x-batch-size"]) for p in parts) <= 16  # split into device-sized batches
+    last_generated = max(float(p.headers["x-generated-at"]) for p in parts)
+    assert arrivals[0] < last_generated, "the first image arrived only after the last one was generated"
+
+
+# (method, target, body, expected status, field named in the error)
+BAD_REQUESTS = [
+    ("GET", "/generate?seed=-1", None, 422, "seed"),
+    ("GET", "/generate?seed=4294967296", None, 422, "seed"),
+    ("GET", f"/generate?seed={'9' * 5000}", None, 422, "seed"),
+    ("GET", "/generate?seed=1.5", None, 422, "seed"),
+    ("GET", "/generate?seed=abc", None, 422, "seed"),
+    ("GET", "/generate", None, 422, "seed"),
+    ("GET", "/generate?seed=1&psi=nan", None, 422, "psi"),
+    ("GET", "/generate?seed=1&psi=inf", None, 422, "psi"),
+    ("GET", "/generate?seed=1&psi=-inf", None, 422, "psi"),
+    ("GET", "/generate?seed=1&psi=2.5", None, 422, "psi"),
+    ("GET", "/generate?seed=1&mix_seed=2&mix_layers=99", None, 422, "mix_layers"),
+    ("GET", "/generate?seed=1&mix_seed=2&mix_layers=3-1", None, 422, "mix_layers"),
+    ("GET", "/generate?seed=1&mix_seed=2&mix_layers=elbow", None, 422, "mix_layers"),
+    ("GET", "/generate?seed=1&mix_layers=coarse", None, 422, "mix_seed"),
+    ("GET", "/generate?seed=1&model=pg&mix_seed=2", None, 400, "mix_seed"),
+    ("GET", "/generate?seed=1&truncation_cutoff=7", None, 422, "truncation_cutoff"),
+    ("GET", "/generate?seed=1&noise=loud", None, 422, "noise"),
+    ("GET", "/generate?seed=1&format=gif", None, 422, "format"),
+    ("GET", "/generate?seed=1&sed=2", None, 422, "sed"),
+    ("GET", "/generate?seed=1&model=nope", None, 404, "model"),
+    ("GET", "/generate?seed=1&model=../sg", None, 422, "model"),
+    ("GET", "/generate?seed=1&model=/etc/passwd", None, 422, "model"),
+    ("GET", "/generate?seed=1&model=sg%2F..%2Fpg", None, 422, "model"),
+    ("POST", "/generate", b'{"seeds": [1, 2', 422, "body"),
+    ("POST", "/generate", b"not json at all", 422, "body"),
+    ("POST", "/generate", b"[1, 2]", 422, "body"),
+    ("POST", "/generate", b"{}", 422, "seeds"),
+    ("POST", "/generate", b'{"seeds": []}', 422, "seeds"),
+    ("POST", "/generate", b'{"seeds": [1, -3]}', 422, "seeds"),
+    ("POST", "/generate", b'{"seeds": [1.5]}', 422, "seeds"),
+    ("POST", "/generate", b'{"seeds": [true]}', 422, "seeds"),
+    ("POST", "/generate", b'{"seeds": "9-1"}', 422, "seeds"),
+    ("POST", "/generate", b'{"seeds": "0-4294967295"}', 413, "seeds"),
+    ("POST", "/generate", b'{"seeds": "0-200"}', 413, "seeds"),
+    ("POST", "/generate", b'{"seeds": [' + b"1," * 200 + b"1]}", 413, "seeds"),
+    ("POST", "/generate", b'{"seeds": [1], "psi": NaN}', 422, "psi"),
+    ("POST", "/generate", b'{"seeds": [1], "psi": Infinity}', 422, "psi"),
+    ("POST", "/generate", b'{"seeds": [1], "mix_seed": 2, "mix_layers": [0, 64]}', 422, "mix_layers"),
+    ("POST", "/generate", b'{"seeds": [1], "model": "../../etc"}', 422, "model"),
+    ("POST", "/generate", b'{"seeds": [1], "model": "nope"}', 404, "model"),
+    ("POST", "/generate", b'{"seeds": [1], "model": "pg", "mix_seed": 3}', 400, "mix_seed"),
+    ("POST", "/generate", b'{"seeds": [' + b"1," * 600_000 + b"1]}", 413, None),
+]
+
+
+def test_bad_requests_get_4xx_json_naming_the_field_and_spare_their_neighbours(server, reference):
+    n_good = 8
+    barrier = threading.Barrier(len(BAD_REQUESTS) + n_good)
+
+    def send(method, target, body):
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            barrier.wait()
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            return client.request(method, target, content=body, headers=headers)
+
+    jobs = [(m, t, b) for m, t, b, _, _ in BAD_REQUESTS] + [("GET", f"/generate?seed={s}", None) for s in range(n_good)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        responses = list(pool.map(lambda job: send(*job), jobs))
+    for (method, target, _, status, field), r in zip(BAD_REQUESTS, responses):
+        case = f"{method} {target[:60]}"
+        assert r.status_code == status, f"{case}: {r.status_code} {r.text[:300]}"
+        body = r.json()
+        assert isinstance(body["detail"], str) and body["detail"], case
+        if field is not None:
+            assert body["field"] == field, f"{case}: {body}"
+    expected = reference(list(range(n_good)))
+    for seed, r in enumerate(responses[len(BAD_REQUESTS):]):
+        assert r.status_code == 200 and np.array_equal(pixels(r.content), expected[seed])
+
+
+def test_unknown_routes_and_methods_answer_json(http):
+    assert http.get("/nowhere").json()["detail"] and http.get("/nowhere").status_code == 404
+    r = http.delete("/generate")
+    assert r.status_code == 405 and r.json()["detail"]
+
+
+def test_models_health_and_metrics(http):
+    models = http.get("/models").json()
+    assert models["default"] == "sg"
+    by_name = {m["name"]: m for m in models["models"]}
+    assert by_name["sg"] == {"name": "sg", "arch": "stylegan", "resolution": 16, "num_ws": 6, "img_channels": 3,
+                             "supports_mixing": True, "backend": "torch"}
+    assert by_name["pg"]["arch"] == "progan" and by_name["pg"]["supports_mixing"] is False
+    health = http.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ready"
+    metrics = http.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in ("ganserve_requests_total", "ganserve_request_seconds_bucket", "ganserve_queue_seconds_bucket",
+                 "ganserve_batch_size_bucket", "ganserve_images_generated_total", "ganserve_queue_depth"):
+        assert name in metrics.text, name
+    assert re.search(r'ganserve_requests_total\{method="GET",route="/generate",status="200"\} [1-9]', metrics.text)
