@@ -133,6 +133,31 @@ def iter_batches(specs: Sequence[SampleSpec], batch_size: int) -> Iterator[Seque
         yield specs[i : i + batch_size]
 
 
+def batch_styles(mapping, w_avg: torch.Tensor, inputs: BatchInputs, device: torch.device | str) -> torch.Tensor:
+    """ws [N, num_ws, w_dim] for one batch: `mapping` (z -> ws, any backend), then truncation and style_mixing."""
+    z = torch.from_numpy(inputs.z).to(device)
+    if inputs.z_mix is not None:
+        ws, ws_mix = mapping(torch.cat([z, torch.from_numpy(inputs.z_mix).to(device)])).chunk(2)
+    else:
+        ws, ws_mix = mapping(z), None
+    psi = torch.from_numpy(inputs.psi).to(device)
+    ws = truncation(ws, w_avg, psi)
+    if ws_mix is not None:
+        mask = torch.from_numpy(inputs.mix_mask).to(device)
+        ws = style_mixing(ws, truncation(ws_mix, w_avg, psi), mask)
+    return ws
+
+
+def batch_noise(
+    inputs: BatchInputs, const_noise: Sequence[torch.Tensor], device: torch.device | str
+) -> list[torch.Tensor] | None:
+    """Per-layer noise [N, 1, r, r] for a batch with noise=random rows (the const buffers elsewhere), else None."""
+    if inputs.noise is None:
+        return None
+    rows = torch.from_numpy(inputs.noise_random).to(device).view(-1, 1, 1, 1)
+    return [torch.where(rows, torch.from_numpy(n).to(device), const) for n, const in zip(inputs.noise, const_noise)]
+
+
 @torch.inference_mode()
 def run_eager(G, inputs: BatchInputs, device: torch.device | str = "cpu") -> torch.Tensor:
     """Run a ProgressiveGenerator on one batch -> [N, H, W, C] uint8 on `device`.
@@ -142,21 +167,5 @@ def run_eager(G, inputs: BatchInputs, device: torch.device | str = "cpu") -> tor
     """
     if len(inputs) == 1:
         return run_eager(G, inputs.repeat(2), device)[:1]
-    z = torch.from_numpy(inputs.z).to(device)
-    if inputs.z_mix is not None:
-        ws, ws_mix = G.mapping(torch.cat([z, torch.from_numpy(inputs.z_mix).to(device)])).chunk(2)
-    else:
-        ws, ws_mix = G.mapping(z), None
-    psi = torch.from_numpy(inputs.psi).to(device)
-    ws = truncation(ws, G.w_avg, psi)
-    if ws_mix is not None:
-        mask = torch.from_numpy(inputs.mix_mask).to(device)
-        ws = style_mixing(ws, truncation(ws_mix, G.w_avg, psi), mask)
-    noise = None
-    if inputs.noise is not None:
-        rows = torch.from_numpy(inputs.noise_random).to(device).view(-1, 1, 1, 1)
-        noise = [
-            torch.where(rows, torch.from_numpy(n).to(device), const)
-            for n, const in zip(inputs.noise, G.const_noise())
-        ]
-    return to_uint8(G.synthesis(ws, noise))
+    ws = batch_styles(G.mapping, G.w_avg, inputs, device)
+    return to_uint8(G.synthesis(ws, batch_noise(inputs, G.const_noise(), device)))

@@ -1,0 +1,141 @@
+"""Exported artifact directories: where they live next to their model, their manifest.json, and staleness checks.
+
+Owns the layout (MODEL_DIR/onnx, MODEL_DIR/onnx-fp16, MODEL_DIR/tensorrt/KEY), the manifest format and the
+host-side tensors an artifact needs besides its graphs (w_avg and the constant noise buffers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ganserve.models.weights import CONFIG_NAME, WEIGHTS_NAME, weights_sha256
+
+MANIFEST_NAME = "manifest.json"
+EXTRAS_NAME = "latents.safetensors"  # w_avg and the constant noise buffers, used outside the graphs
+MANIFEST_FORMAT = "ganserve-export"
+MANIFEST_VERSION = 1
+FORMATS = ("onnx", "tensorrt")
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be made or an artifact directory that cannot be used; the message says why."""
+
+
+def default_export_dir(model_dir: str | Path, fmt: str, fp16: bool = False, key: str = "") -> Path:
+    """Where `ganserve export` writes by default: a folder inside the model directory it came from.
+
+    onnx -> MODEL_DIR/onnx (fp32) or MODEL_DIR/onnx-fp16; tensorrt -> MODEL_DIR/tensorrt/KEY, KEY naming the GPU,
+    the TensorRT version and the precision, because an engine only runs where it was built.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    model_dir = Path(model_dir)
+    if fmt == "onnx":
+        return model_dir / ("onnx-fp16" if fp16 else "onnx")
+    return model_dir / "tensorrt" / key
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise ExportError(f"{directory}: no {MANIFEST_NAME}; not an exported model (run `ganserve export`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ExportError(f"{path}: not a {MANIFEST_FORMAT} manifest")
+    if int(manifest.get("version", 0)) > MANIFEST_VERSION:
+        raise ExportError(f"{path}: manifest version {manifest['version']} is newer than this ganserve; upgrade")
+    return manifest
+
+
+def is_export_dir(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST_NAME).is_file()
+
+
+def is_current(export_dir: str | Path, model_dir: str | Path, **expected: Any) -> bool:
+    """True when `export_dir` holds an artifact made from the weights now in `model_dir` with these manifest values."""
+    try:
+        manifest = read_manifest(export_dir)
+    except ExportError:
+        return False
+    if (Path(model_dir) / WEIGHTS_NAME).is_file() and manifest.get("weights_sha256") != weights_sha256(model_dir):
+        return False
+    return all(manifest.get(k) == v for k, v in expected.items())
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that shaped an artifact (and may be needed to run it)."""
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("onnx", "onnxruntime", "onnxscript", "torch_tensorrt", "tensorrt"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # absent or broken optional packages are simply not recorded
+            continue
+    return out
+
+
+def base_manifest(model_dir: str | Path, fmt: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "artifact": fmt,
+        "source_model": str(Path(model_dir).resolve()),
+        "weights_sha256": weights_sha256(model_dir),
+        "versions": versions(),
+        **fields,
+    }
+
+
+def save_extras(directory: Path, w_avg: torch.Tensor, const_noise: list[torch.Tensor]) -> None:
+    tensors = {"w_avg": w_avg.detach().cpu().float().contiguous()}
+    tensors.update({f"noise_const.{i}": n.detach().cpu().float().contiguous() for i, n in enumerate(const_noise)})
+    save_file(tensors, str(directory / EXTRAS_NAME))
+
+
+def load_extras(directory: str | Path, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(w_avg [w_dim], constant noise buffers [1, 1, r, r] in layer order) of an artifact directory."""
+    tensors = load_file(str(Path(directory) / EXTRAS_NAME), device="cpu")
+    count = sum(1 for k in tensors if k.startswith("noise_const."))
+    noise = [tensors[f"noise_const.{i}"].to(device) for i in range(count)]
+    return tensors["w_avg"].to(device), noise
+
+
+@contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """A temporary folder beside `final` that replaces it only when the block succeeds (no half-written exports)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def copy_config(model_dir: str | Path, directory: Path) -> None:
+    """The artifact keeps its model's config.json, so that it can be served from its own folder alone."""
+    shutil.copyfile(Path(model_dir) / CONFIG_NAME, directory / CONFIG_NAME)
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,54 @@
+"""The `ganserve export` subcommand: a model directory to ONNX graphs or TensorRT engines, with a manifest.
+
+Owns the export flags and their one-line errors; the work is in onnx_export.py and trt_backend.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ganserve.export.onnx_export import DEFAULT_MAX_BATCH, DEFAULT_OPSET
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    # Errors are raised as ValueError: the CLI prints those as one line with exit status 2 (also when it runs as
+    # `python -m ganserve.cli`, where its CLIError class is another object than ganserve.cli.CLIError).
+    from ganserve.export.artifacts import ExportError
+    from ganserve.export.backends import BackendUnavailable
+    from ganserve.models.weights import resolve_model
+
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
+    model = resolve_model(args.model)
+    progress = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    try:
+        if args.format == "onnx":
+            from ganserve.export.onnx_export import export_onnx
+
+            out = export_onnx(model, args.out, args.max_batch, args.fp16, args.opset, progress=progress)
+        else:
+            from ganserve.devices import resolve_device
+            from ganserve.export.trt_backend import export_tensorrt
+
+            device = resolve_device(args.device)
+            out = export_tensorrt(model, args.out, args.max_batch, args.fp16, device, progress=progress)
+    except (ExportError, BackendUnavailable) as e:
+        raise ValueError(str(e).splitlines()[0]) from None
+    if args.quiet:
+        print(out)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a model to ONNX or TensorRT (artifacts + manifest.json)")
+    p.add_argument("--model", required=True, help="model directory or bundled model name")
+    p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
+    p.add_argument("--fp16", action="store_true",
+                   help="float16 synthesis weights (for GPUs; the ONNX CPU provider needs fp32)")
+    p.add_argument("--max-batch", dest="max_batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help=f"largest batch of the dynamic batch axis / TensorRT profile (default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--device", default="auto", help="TensorRT: the GPU to build for (auto, cuda, cuda:N)")
+    p.add_argument("--out", help="output folder (default: MODEL_DIR/onnx, MODEL_DIR/onnx-fp16 or "
+                                 "MODEL_DIR/tensorrt/GPU-TRTVERSION-PRECISION-bMAX)")
+    p.add_argument("--quiet", action="store_true", help="print only the output folder")
+    p.set_defaults(func=cmd_export)

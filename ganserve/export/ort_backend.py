@@ -1,0 +1,180 @@
+"""The onnxruntime backend: the exported mapping and synthesis graphs in ONNX Runtime sessions, CPU or CUDA provider.
+
+Owns finding (or making) the ONNX export of a model, session options and providers, and CUDA I/O binding.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganserve.export.artifacts import (
+    ExportError,
+    default_export_dir,
+    is_current,
+    is_export_dir,
+    load_extras,
+    read_manifest,
+)
+from ganserve.export.backends import Backend, BackendUnavailable
+from ganserve.export.onnx_export import EXPORTER_VERSION, MAPPING_FILE, SYNTHESIS_FILE, export_onnx
+from ganserve.imaging import to_uint8
+from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def find_onnx_export(model: Path, build: bool = True, progress=None) -> Path:
+    """The ONNX folder for `model`: the folder itself if it is one, else MODEL/onnx, exported there when missing or
+    made from other weights (with build=False: BackendUnavailable instead)."""
+    if is_export_dir(model):
+        manifest = read_manifest(model)
+        if manifest.get("artifact") != "onnx":
+            raise BackendUnavailable(f"{model} holds a {manifest.get('artifact')} export, not an ONNX one")
+        return model
+    out = default_export_dir(model, "onnx")
+    if not is_current(out, model, output="uint8", exporter_version=EXPORTER_VERSION):
+        if not build:
+            raise BackendUnavailable(f"no current ONNX export of {model} (make one: ganserve export --model {model})")
+        say = progress or (lambda line: print(f"onnxruntime: {line}", file=sys.stderr))
+        say(f"no current ONNX export of {model}; exporting to {out}")
+        try:
+            export_onnx(model, out, progress=say)
+        except OSError as e:
+            raise BackendUnavailable(f"cannot write the ONNX export next to {model} ({e.strerror or e}); "
+                                     "run `ganserve export --out DIR` and use DIR") from None
+        except ExportError as e:
+            raise BackendUnavailable(str(e).splitlines()[0]) from None
+    return out
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime sessions over the exported graphs; truncation and mixing run in torch between them.
+
+    `model_dir` is a model directory (its MODEL_DIR/onnx export is used, made if needed unless build=False) or an
+    export folder. CPU sessions use one intra-op thread per core and every graph optimisation.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model_dir: Path, device: torch.device, threads: int | None = None,
+                 optimization: str = "all", build: bool = True):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)") from None
+        self.ort = ort
+        if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailable(f"onnxruntime {ort.__version__} has no CUDA provider here "
+                                     "(install onnxruntime-gpu, or use --device cpu)")
+        self.export_dir = find_onnx_export(Path(model_dir), build)
+        super().__init__(self.export_dir, device)
+        self.manifest = read_manifest(self.export_dir)
+        self.max_batch_size = int(self.manifest["max_batch"])
+        self.precision = self.manifest.get("precision", "fp32")
+        if self.precision == "fp16" and device.type == "cpu":
+            raise BackendUnavailable("this ONNX export is fp16, which is meant for GPU providers; export fp32 for CPU")
+        self.float_output = self.manifest.get("output") == "float"
+        self.noise_names: list[str] = list(self.manifest.get("noise_inputs", []))
+        self.w_avg, self.const_noise = load_extras(self.export_dir, device)
+        self.noise_resolutions = [n.shape[-1] for n in self.const_noise]
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        levels = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        opts.graph_optimization_level = levels[optimization]
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = threads or cpu_cores()
+        opts.inter_op_num_threads = 1
+        self.threads = opts.intra_op_num_threads
+        if device.type == "cuda":
+            self.device_id = device.index if device.index is not None else torch.cuda.current_device()
+            cuda = {"device_id": self.device_id,
+                    "user_compute_stream": str(torch.cuda.current_stream(self.device_id).cuda_stream)}
+            providers: list = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            self.mapping = ort.InferenceSession(str(self.export_dir / MAPPING_FILE), opts, providers=providers)
+            self.synthesis = ort.InferenceSession(str(self.export_dir / SYNTHESIS_FILE), opts, providers=providers)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BackendUnavailable(f"onnxruntime cannot load {self.export_dir}: {first}") from None
+        wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        if self.synthesis.get_providers()[0] != wanted:
+            running = self.synthesis.get_providers()
+            raise BackendUnavailable(f"onnxruntime could not start {wanted} (it runs {running}); "
+                                     "check the CUDA/cuDNN libraries that onnxruntime-gpu needs")
+        self._const_cache: dict[int, list[torch.Tensor]] = {}
+
+    # -- graphs ----------------------------------------------------------------------------------------------
+    def _run_mapping(self, z: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return self._bind(self.mapping, {"z": z}, "ws", (len(z), self.config.num_ws, self.config.w_dim),
+                              torch.float32)
+        return torch.from_numpy(self.mapping.run(None, {"z": z.numpy()})[0])
+
+    def _const(self, n: int) -> list[torch.Tensor]:
+        """The constant noise buffers repeated to n rows (kept per batch size: batch sizes are few)."""
+        if n not in self._const_cache:
+            if len(self._const_cache) > 16:
+                self._const_cache.clear()
+            self._const_cache[n] = [c.expand(n, -1, -1, -1).contiguous() for c in self.const_noise]
+        return self._const_cache[n]
+
+    def synthesize(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The synthesis graph's own output: [N, H, W, C] uint8, or [N, C, H, W] float32 for an "float" export.
+
+        `noise`: per-layer [N, 1, r, r] maps, or None for the constant buffers.
+        """
+        n, r, c = len(ws), self.config.resolution, self.config.img_channels
+        feeds = {"ws": ws.contiguous()}
+        if self.noise_names:
+            feeds.update(zip(self.noise_names, noise if noise is not None else self._const(n)))
+        shape, dtype = ((n, r, r, c), torch.uint8) if not self.float_output else ((n, c, r, r), torch.float32)
+        if self.device.type == "cuda":
+            return self._bind(self.synthesis, feeds, "images", shape, dtype)
+        return torch.from_numpy(self.synthesis.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+
+    def styles(self, inputs: BatchInputs) -> torch.Tensor:
+        """ws [N, num_ws, w_dim] of a batch: the mapping graph, then truncation and mixing as everywhere else."""
+        return batch_styles(self._run_mapping, self.w_avg, inputs, self.device)
+
+    def _bind(self, session, feeds: dict[str, torch.Tensor], output: str, shape: tuple, dtype: torch.dtype):
+        """Run a session on CUDA tensors in place: inputs and output are bound to torch memory (no host copies)."""
+        binding = session.io_binding()
+        feeds = {k: v.contiguous() for k, v in feeds.items()}
+        for name, t in feeds.items():
+            binding.bind_input(name, "cuda", self.device_id, np.float32, tuple(t.shape), t.data_ptr())
+        out = torch.empty(shape, dtype=dtype, device=self.device)
+        np_dtype = np.uint8 if dtype == torch.uint8 else np.float32
+        binding.bind_output(output, "cuda", self.device_id, np_dtype, shape, out.data_ptr())
+        torch.cuda.current_stream(self.device_id).synchronize()  # inputs written before ORT reads them
+        session.run_with_iobinding(binding)
+        return out
+
+    # -- Backend -------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, inputs: BatchInputs) -> torch.Tensor:
+        if len(inputs) == 1:  # as run_eager: a batch of one takes other kernels; two equal rows keep it invariant
+            return self.run(inputs.repeat(2))[:1]
+        images = self.synthesize(self.styles(inputs), batch_noise(inputs, self.const_noise, self.device))
+        return to_uint8(images) if self.float_output else images
+
+    def describe(self) -> str:
+        provider = self.synthesis.get_providers()[0].replace("ExecutionProvider", "")
+        extra = f", {self.threads} threads" if self.device.type == "cpu" else ""
+        return f"{self.name} {self.ort.__version__} ({provider}{extra}, {self.precision}) on {self.device}"
+
