@@ -33,17 +33,22 @@ class ExportError(RuntimeError):
 
 
 def default_export_dir(model_dir: str | Path, fmt: str, fp16: bool = False, key: str = "") -> Path:
-    """Where `ganserve export` writes by default: a folder inside the model directory it came from.
+    """Where `ganserve export` writes by default: a folder inside the model directory it came from (or, when that
+    directory is read-only, in ~/.cache/ganserve/exports/NAME-SHA).
 
     onnx -> MODEL_DIR/onnx (fp32) or MODEL_DIR/onnx-fp16; tensorrt -> MODEL_DIR/tensorrt/KEY, KEY naming the GPU,
     the TensorRT version and the precision, because an engine only runs where it was built.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    model_dir = Path(model_dir)
+    base = Path(model_dir)
+    if not os.access(base, os.W_OK):
+        # A model installed read-only (e.g. a bundled one in site-packages): a per-user cache keyed by its weights.
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganserve" / "exports"
+        base = cache / f"{base.name}-{weights_sha256(base)[:16]}"
     if fmt == "onnx":
-        return model_dir / ("onnx-fp16" if fp16 else "onnx")
-    return model_dir / "tensorrt" / key
+        return base / ("onnx-fp16" if fp16 else "onnx")
+    return base / "tensorrt" / key
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
