@@ -1,0 +1,149 @@
+"""The `ganserve train` and `ganserve eval` subcommands (also `python -m ganserve.train`).
+
+Owns mapping flags onto TrainConfig fields (one flag per field) and printing the SWD report; the work is in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+
+from ganserve.models.config import ARCHS
+from ganserve.train.config import LOSSES, TrainConfig, parse_batch_sizes
+
+# field -> (flag help, type); booleans get --flag/--no-flag.
+_HELP = {
+    "data": "folder (searched recursively) or zip of PNG/JPEG/WebP images",
+    "out": "run directory (config, checkpoints, samples, tensorboard, model/)",
+    "arch": "network architecture",
+    "resolution": "final resolution (default: largest power of two that fits the first image)",
+    "img_channels": "1 (greyscale) or 3 (RGB)",
+    "fade_kimg": "kimg of fade_in per new resolution (paper: 600)",
+    "stab_kimg": "kimg of stabilising per resolution (paper: 600)",
+    "final_kimg": "kimg at the final resolution (default: stab-kimg)",
+    "kimg_scale": "multiply every schedule length by this, e.g. 0.01 for a quick run",
+    "batch_sizes": "global batch per resolution: one number, or res:batch pairs like 4:64,8:64,16:32",
+    "loss": "wgan_gp (ProGAN default) or logistic with r1 (StyleGAN default)",
+    "ema_kimg": "half-life of the generator EMA in kimg (scaled by kimg-scale)",
+    "style_mixing_prob": "style_mixing regularisation probability (StyleGAN)",
+    "mirror": "random x-flip augmentation",
+    "background": "colour that transparent images are composited over",
+    "workers": "DataLoader worker processes (0: load in the training process)",
+    "device": "auto, cpu or cuda",
+    "amp": "bf16 mixed precision (CUDA only)",
+    "channels_last": "channels-last memory format (CUDA only)",
+    "checkpoint_kimg": "checkpoint and sample grid every this many kimg (and at every stage end)",
+    "grid_seeds": "seeds of the sample grids",
+    "metric_num": "images for the final SWD (0: skip)",
+    "tensorboard": "TensorBoard logs (when tensorboard is installed)",
+    "progress": "progress bar",
+    "license": "licence/attribution of the data, stored in the model's config.json",
+}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig.__dataclass_fields__
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = _HELP.get(f.name, "")
+        default = defaults[f.name].default
+        if f.name == "batch_sizes":
+            p.add_argument("--batch-size", "--batch-sizes", dest="batch_sizes", type=parse_batch_sizes, help=help_)
+        elif f.name == "betas":
+            p.add_argument("--betas", type=lambda s: tuple(float(x) for x in s.split(",")),
+                           help="Adam betas (default 0,0.99)")
+        elif f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{help_} (default {'on' if default else 'off'})".strip())
+        elif f.name == "arch":
+            p.add_argument(flag, dest=f.name, choices=ARCHS, help=help_)
+        elif f.name == "loss":
+            p.add_argument(flag, dest=f.name, choices=LOSSES, help=help_)
+        else:
+            kind = str(f.type)
+            conv = int if "int" in kind else float if "float" in kind else str
+            show = "" if default is dataclasses.MISSING or default in (None, "") else f" (default {default})"
+            p.add_argument(flag, dest=f.name, type=conv, help=f"{help_}{show}".strip())
+
+
+def _one_line_warnings() -> None:
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ganserve.train.trainer import train
+
+    _one_line_warnings()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    if args.config:
+        try:
+            base = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{args.config}: cannot read the training config ({e})") from None
+        given = {**base, **given}
+    if args.resume:
+        if given:
+            raise ValueError("--resume continues a run with its saved config; give no other flags")
+        model_dir = train(TrainConfig(), resume=args.resume)
+    else:
+        if not given.get("data"):
+            raise ValueError("--data is required (a folder or zip of images), or --resume RUN_DIR")
+        if not Path(given["data"]).exists():
+            raise ValueError(f"{given['data']}: no such file or directory")
+        model_dir = train(TrainConfig.from_dict(given))
+    if model_dir is not None:
+        print(f"model written to {model_dir}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from ganserve.devices import resolve_device
+    from ganserve.models.weights import load_model, resolve_model
+    from ganserve.train.data import load_images
+    from ganserve.train.evaluate import evaluate_swd, format_report
+
+    _one_line_warnings()
+    if args.num < 1:
+        raise ValueError(f"--num must be positive, got {args.num}")
+    device = resolve_device(args.device)
+    G = load_model(resolve_model(args.model), device)
+    cfg = G.config
+    if not Path(args.data).exists():
+        raise ValueError(f"{args.data}: no such file or directory")
+    reals = load_images(args.data, cfg.resolution, cfg.img_channels, args.background, min_images=2)
+    result = evaluate_swd(G, reals, args.num, args.batch_size, args.seed, device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_report(result))
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a ProGAN/StyleGAN with progressive growing")
+    p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue a run exactly from its last checkpoint")
+    p.add_argument("--config", help="train_config.json to start from (flags override it)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("eval", help="SWD of a model against a data set, next to the real-vs-real floor")
+    p.add_argument("--model", required=True, help="model directory or bundled model name")
+    p.add_argument("--data", required=True, help="folder or zip of real images")
+    p.add_argument("--num", type=int, default=10000, help="images per set (capped at half the data set)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--background", default="white")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ganserve.train ...` is `ganserve train ...`."""
+    import sys
+
+    from ganserve.cli import main as ganserve_main
+
+    return ganserve_main(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,199 @@
+"""TrainConfig, the one dataclass a training run is described by (saved as train_config.json next to the run).
+
+Owns the papers' defaults per architecture (losses, batch sizes), validation, and the progressive Schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ganserve.models.config import ARCHS, ModelConfig
+
+LOSSES = ("wgan_gp", "logistic")
+DEFAULT_LOSS = {"progan": "wgan_gp", "stylegan": "logistic"}
+# Minibatch size per resolution. ProGAN paper: 16 up to 128^2, then 14, 6, 3. StyleGAN (FFHQ config): 256 at
+# 4-16^2 over 8 GPUs, halving from there; ours is its per-8-GPU dict halved to fit one GPU.
+DEFAULT_BATCH_SIZES = {
+    "progan": {4: 16, 8: 16, 16: 16, 32: 16, 64: 16, 128: 16, 256: 14, 512: 6, 1024: 3},
+    "stylegan": {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4},
+}
+CONFIG_NAME = "train_config.json"
+# ModelConfig fields a TrainConfig may set (None = ModelConfig's default).
+MODEL_FIELDS = ("z_dim", "w_dim", "img_channels", "fmap_base", "fmap_max", "mapping_layers", "mbstd_group_size")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run. Lengths are in kimg (thousands of real images shown to D), scaled by kimg_scale."""
+
+    data: str = ""
+    out: str = "runs/run"
+    arch: str = "stylegan"
+    resolution: int | None = None  # None: the largest power of two that fits the first image
+    # network size (None: ModelConfig's defaults, the papers' 1024^2 networks)
+    z_dim: int | None = None
+    w_dim: int | None = None
+    img_channels: int = 3
+    fmap_base: int | None = None
+    fmap_max: int | None = None
+    mapping_layers: int | None = None
+    mbstd_group_size: int | None = None
+    # progressive schedule (ProGAN paper: 600 kimg fade_in + 600 kimg stabilise per resolution)
+    fade_kimg: float = 600.0
+    stab_kimg: float = 600.0
+    final_kimg: float | None = None  # stabilise length at the final resolution; None: stab_kimg
+    kimg_scale: float = 1.0  # multiplies every length above (and ema_kimg): 0.01 for a quick run
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # resolution -> global batch; empty: arch default
+    # losses and optimiser
+    loss: str = ""  # wgan_gp (ProGAN's default) or logistic (StyleGAN's); empty: the arch's default
+    gp_lambda: float = 10.0  # wgan_gp
+    gp_target: float = 1.0
+    drift: float = 0.001  # wgan_gp epsilon_drift
+    r1_gamma: float = 10.0  # logistic + r1
+    lr: float = 0.001
+    betas: tuple[float, float] = (0.0, 0.99)
+    adam_eps: float = 1e-8
+    ema_kimg: float = 10.0  # half-life of the generator EMA (G_ema, the one served)
+    w_avg_beta: float = 0.995
+    style_mixing_prob: float = 0.9  # StyleGAN only
+    # data
+    mirror: bool = False  # x-flip augmentation
+    background: str = "white"  # RGBA images are composited over this colour
+    workers: int = 2  # DataLoader worker processes (0: load in the training process)
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    checkpoint_kimg: float = 100.0  # also at the end of every stage
+    keep_checkpoints: int = 3
+    grid_seeds: str = "0-15"
+    metric_num: int = 2048  # images for the final SWD (0: skip)
+    tensorboard: bool = True
+    progress: bool = True
+    license: str = ""  # licence/attribution of the data set, copied into the model's config.json
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        self.batch_sizes = {int(k): int(v) for k, v in self.batch_sizes.items()}
+        if not self.loss:
+            self.loss = DEFAULT_LOSS.get(self.arch, "")
+        self.validate()
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for name in ("fade_kimg", "stab_kimg", "kimg_scale", "lr", "ema_kimg", "checkpoint_kimg"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.final_kimg is not None and not self.final_kimg > 0:
+            raise ValueError(f"final_kimg must be positive, got {self.final_kimg!r}")
+        for name in ("gp_lambda", "drift", "r1_gamma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)!r}")
+        if not 0.0 <= self.style_mixing_prob <= 1.0:
+            raise ValueError(f"style_mixing_prob must be in [0, 1], got {self.style_mixing_prob!r}")
+        if not 0.0 <= self.w_avg_beta < 1.0:
+            raise ValueError(f"w_avg_beta must be in [0, 1), got {self.w_avg_beta!r}")
+        if self.workers < 0 or self.keep_checkpoints < 1 or self.metric_num < 0:
+            raise ValueError("workers and metric_num must be >= 0, keep_checkpoints >= 1")
+        bad = {r: b for r, b in self.batch_sizes.items() if b < 1 or r < 4 or r & (r - 1)}
+        if bad:
+            raise ValueError(f"batch sizes must map powers of two >= 4 to positive sizes, got {bad}")
+
+    # -- derived ----------------------------------------------------------------------------------------------
+    def model_config(self, resolution: int | None = None) -> ModelConfig:
+        resolution = resolution or self.resolution
+        if resolution is None:
+            raise ValueError("resolution is not known yet (it is taken from the data set)")
+        extra = {f: getattr(self, f) for f in MODEL_FIELDS if getattr(self, f) is not None}
+        return ModelConfig(arch=self.arch, resolution=resolution, **extra)
+
+    def batch_size(self, resolution: int) -> int:
+        return self.batch_sizes.get(resolution, DEFAULT_BATCH_SIZES[self.arch][resolution])
+
+    # -- JSON -------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        d["batch_sizes"] = {str(k): v for k, v in self.batch_sizes.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def parse_batch_sizes(spec: str) -> dict[int, int]:
+    """'4:64,8:64,16:32' -> {4: 64, 8: 64, 16: 32}; a bare '32' means 32 at every resolution."""
+    spec = spec.strip()
+    if spec.isdigit():
+        return {4 * 2**s: int(spec) for s in range(9)}
+    try:
+        pairs = [part.split(":") for part in spec.split(",") if part.strip()]
+        return {int(r): int(b) for r, b in pairs}
+    except ValueError:
+        raise ValueError(f"bad batch sizes {spec!r}: use one number or 'res:batch' pairs like 4:64,8:32") from None
+
+
+class Phase(NamedTuple):
+    """Where a step sits in the progressive schedule."""
+
+    step: int
+    nimg: int  # real images shown before this step
+    stage: int
+    alpha: float  # fade_in weight of the newest stage (1 when stabilising)
+    batch: int  # global batch size of this step
+
+
+class Schedule:
+    """Progressive growing as a function of images shown: stage 0 (4x4) stabilises, each later stage fades in
+    over fade_kimg then stabilises over stab_kimg (final_kimg at the last stage)."""
+
+    def __init__(self, cfg: TrainConfig, num_stages: int):
+        self.num_stages = num_stages
+        scale = 1000 * cfg.kimg_scale
+        fade, stab = round(cfg.fade_kimg * scale), round(cfg.stab_kimg * scale)
+        final = round((cfg.final_kimg if cfg.final_kimg is not None else cfg.stab_kimg) * scale)
+        self.fade = [0] + [max(fade, 1)] * (num_stages - 1)
+        self.stab = [max(stab, 1)] * (num_stages - 1) + [max(final, 1)]
+        self.start = []
+        t = 0
+        for s in range(num_stages):
+            self.start.append(t)
+            t += self.fade[s] + self.stab[s]
+        self.total_nimg = t
+        self.batches = [cfg.batch_size(4 * 2**s) for s in range(num_stages)]
+
+    def stage_alpha(self, nimg: int) -> tuple[int, float]:
+        stage = max(s for s in range(self.num_stages) if self.start[s] <= nimg) if nimg >= 0 else 0
+        into = nimg - self.start[stage]
+        alpha = min(into / self.fade[stage], 1.0) if self.fade[stage] else 1.0
+        return stage, alpha
+
+    def steps(self, start_step: int = 0, start_nimg: int = 0) -> Iterator[Phase]:
+        """The steps from a position to the end of training."""
+        step, nimg = start_step, start_nimg
+        while nimg < self.total_nimg:
+            stage, alpha = self.stage_alpha(nimg)
+            yield Phase(step, nimg, stage, alpha, self.batches[stage])
+            nimg += self.batches[stage]
+            step += 1

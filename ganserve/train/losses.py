@@ -1,0 +1,61 @@
+"""The two GAN objectives: wgan_gp with drift (ProGAN) and the non-saturating logistic loss with r1 (StyleGAN).
+
+Owns the discriminator and generator losses and their gradient penalties; each returns scalars to log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Critic = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _grad_norm_sq(D: Critic, x: torch.Tensor) -> torch.Tensor:
+    """||dD(x)/dx||^2 per sample, differentiable (for the penalties)."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(x).float().sum(), x, create_graph=True)
+    return grad.float().square().flatten(1).sum(1)
+
+
+def wgan_gp_d_loss(
+    D: Critic, reals: torch.Tensor, fakes: torch.Tensor, gp_lambda: float = 10.0, drift: float = 0.001,
+    gp_target: float = 1.0, generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """D(fake) - D(real) + lambda (||grad D(x_hat)|| - target)^2 / target^2 + drift * D(real)^2 (ProGAN sec. A.1)."""
+    real_score, fake_score = D(reals).float(), D(fakes).float()
+    eps = torch.rand(reals.shape[0], 1, 1, 1, device=reals.device, generator=generator, dtype=reals.dtype)
+    mixed = torch.lerp(reals, fakes, eps)
+    gp = (_grad_norm_sq(D, mixed).sqrt() - gp_target).square() / gp_target**2
+    loss = fake_score - real_score + gp_lambda * gp + drift * real_score.square()
+    stats = {"D_real": real_score.mean().item(), "D_fake": fake_score.mean().item(), "gp": gp.mean().item()}
+    return loss.mean(), stats
+
+
+def wgan_g_loss(D: Critic, fakes: torch.Tensor) -> torch.Tensor:
+    return -D(fakes).float().mean()
+
+
+def logistic_r1_d_loss(
+    D: Critic, reals: torch.Tensor, fakes: torch.Tensor, r1_gamma: float = 10.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """softplus(D(fake)) + softplus(-D(real)) + gamma/2 ||grad D(real)||^2 (StyleGAN: non-saturating + r1)."""
+    fake_score = D(fakes).float()
+    if r1_gamma > 0:
+        reals = reals.detach().requires_grad_(True)
+    real_score = D(reals).float()
+    loss = F.softplus(fake_score) + F.softplus(-real_score)
+    r1 = torch.zeros_like(real_score)
+    if r1_gamma > 0:
+        (grad,) = torch.autograd.grad(real_score.sum(), reals, create_graph=True)
+        r1 = grad.float().square().flatten(1).sum(1)
+        loss = loss + r1 * (r1_gamma / 2)
+    stats = {"D_real": real_score.mean().item(), "D_fake": fake_score.mean().item(), "r1": r1.mean().item()}
+    return loss.mean(), stats
+
+
+def logistic_g_loss(D: Critic, fakes: torch.Tensor) -> torch.Tensor:
+    """Non-saturating: softplus(-D(G(z)))."""
+    return F.softplus(-D(fakes).float()).mean()

@@ -1,0 +1,264 @@
+"""Training: schedule, losses, a tiny model through three resolutions, exact resume, checkpoints, DDP over gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from test_data import write_disc_images
+
+from ganserve.cli import main
+from ganserve.models.weights import load_model, weights_sha256
+from ganserve.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from ganserve.train.config import CONFIG_NAME, Schedule, TrainConfig, parse_batch_sizes
+from ganserve.train.losses import logistic_g_loss, logistic_r1_d_loss, wgan_g_loss, wgan_gp_d_loss
+from ganserve.train.trainer import SAMPLES_DIR, RunError, Trainer, state_digest, train
+
+TINY = dict(resolution=16, z_dim=32, w_dim=32, fmap_base=128, fmap_max=32, mapping_layers=2)
+# 600 + 2 * (600 + 600) kimg scaled by 0.0004: 1200 images, 75 steps of 16 through 4x4, 8x8 and 16x16.
+QUICK = dict(kimg_scale=0.0004, batch_sizes={4: 16, 8: 16, 16: 16}, progress=False, workers=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and threads that spin-wait on a shared, busy CPU slow the
+    runs down several times over; the tests' networks run single-threaded (results do not depend on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_disc_images(tmp_path_factory.mktemp("discs"), n=48)
+
+
+def tiny_train_config(data: Path, out: Path, arch: str = "stylegan", **overrides) -> TrainConfig:
+    return TrainConfig(data=str(data), out=str(out), arch=arch, **{**TINY, **QUICK, **overrides})
+
+
+# -- schedule and config ---------------------------------------------------------------------------------------------
+def test_schedule_follows_the_paper_and_scales_with_one_option():
+    cfg = TrainConfig(arch="progan")
+    s = Schedule(cfg, num_stages=9)  # 4x4 ... 1024x1024
+    assert s.total_nimg == (600 + 8 * 1200) * 1000
+    assert s.stage_alpha(0) == (0, 1.0)
+    assert s.stage_alpha(600_000) == (1, 0.0)
+    assert s.stage_alpha(900_000) == (1, 0.5)
+    assert s.stage_alpha(1_200_000) == (1, 1.0)
+    assert s.stage_alpha(1_800_000) == (2, 0.0)
+    assert s.batches == [16, 16, 16, 16, 16, 16, 14, 6, 3]
+    assert Schedule(TrainConfig(arch="stylegan"), 5).batches == [128, 128, 128, 64, 32]
+    quick = Schedule(TrainConfig(kimg_scale=0.01), 5)
+    assert quick.total_nimg == (600 + 4 * 1200) * 10
+    steps = list(Schedule(TrainConfig(kimg_scale=0.0004, batch_sizes={4: 16, 8: 16, 16: 16}), 3).steps())
+    assert [p.stage for p in steps].count(0) == 15 and steps[-1].stage == 2 and steps[-1].nimg < 1200
+    assert all(b.nimg - a.nimg == a.batch for a, b in zip(steps, steps[1:]))
+    assert parse_batch_sizes("4:64,8:32") == {4: 64, 8: 32} and parse_batch_sizes("8")[256] == 8
+
+
+def test_config_round_trips_through_json_and_rejects_bad_values(tmp_path):
+    cfg = TrainConfig(data="d", arch="progan", batch_sizes={4: 8}, final_kimg=10)
+    assert cfg.loss == "wgan_gp" and TrainConfig(arch="stylegan").loss == "logistic"
+    cfg.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == cfg
+    for bad in (dict(kimg_scale=0), dict(loss="hinge"), dict(style_mixing_prob=2), dict(batch_sizes={5: 2})):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+# -- losses ----------------------------------------------------------------------------------------------------------
+def test_wgan_gp_and_r1_penalties_match_their_closed_forms():
+    w = torch.randn(1, 3, 4, 4)
+
+    def critic(x):  # linear: grad is w everywhere, ||grad|| = ||w||
+        return (x * w).flatten(1).sum(1)
+
+    reals, fakes = torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)
+    loss, stats = wgan_gp_d_loss(critic, reals, fakes, gp_lambda=10.0, drift=0.001)
+    gp = (w.norm() - 1) ** 2
+    expected = (critic(fakes) - critic(reals) + 10 * gp + 0.001 * critic(reals) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert stats["gp"] == pytest.approx(gp.item(), rel=1e-5)
+    loss, stats = logistic_r1_d_loss(critic, reals, fakes, r1_gamma=10.0)
+    sp = torch.nn.functional.softplus
+    expected = (sp(critic(fakes)) + sp(-critic(reals)) + 5 * w.square().sum()).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert stats["r1"] == pytest.approx(w.square().sum().item(), rel=1e-5)
+    assert wgan_g_loss(critic, fakes).item() == pytest.approx(-critic(fakes).mean().item(), rel=1e-5)
+    assert logistic_g_loss(critic, fakes).item() == pytest.approx(sp(-critic(fakes)).mean().item(), rel=1e-5)
+
+
+# -- a whole run -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=["progan", "stylegan"])
+def trained_run(request, data_dir, tmp_path_factory):
+    """A tiny model trained through 4x4, 8x8 and 16x16 by the CLI; returns (arch, run dir, seconds)."""
+    arch = request.param
+    out = tmp_path_factory.mktemp(f"run-{arch}")
+    args = ["train", "--data", str(data_dir), "--out", str(out), "--arch", arch, "--resolution", "16",
+            "--z-dim", "32", "--w-dim", "32", "--fmap-base", "128", "--fmap-max", "32", "--mapping-layers", "2",
+            "--kimg-scale", "0.0004", "--batch-size", "16", "--workers", "0", "--no-progress",
+            "--metric-num", "16", "--checkpoint-kimg", "0.4", "--license", "CC0 test discs"]
+    if arch == "progan":
+        args.append("--mirror")
+    t0 = time.perf_counter()
+    assert main(args) == 0
+    return arch, out, time.perf_counter() - t0
+
+
+def test_tiny_model_trains_through_three_resolutions_in_under_two_minutes(trained_run):
+    arch, out, seconds = trained_run
+    assert seconds < 120
+    G = load_model(out / "model")
+    assert G.config.arch == arch and G.config.resolution == 16 and G.config.num_stages == 3
+    summary = G.config.training
+    assert summary["kimg"] >= 1.2 and summary["images"] == 48 and summary["loss"] == {
+        "progan": "wgan_gp", "stylegan": "logistic"}[arch]
+    assert summary["swd_x1e3"] > 0 and summary["swd_floor_x1e3"] > 0 and summary["swd_num"] == 16
+    assert G.config.license == "CC0 test discs"
+    assert G.w_avg.abs().sum() > 0  # tracked as an EMA of the mapping output during training
+    images = G(torch.randn(4, 32))
+    assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
+    saved = TrainConfig.load(out / CONFIG_NAME)
+    assert saved.arch == arch and saved.resolution == 16 and saved.mirror == (arch == "progan")
+
+
+def test_run_writes_sample_grids_growth_gif_tensorboard_and_checkpoints(trained_run):
+    _, out, _ = trained_run
+    samples = out / SAMPLES_DIR
+    grids = sorted(samples.glob("fakes-*.png"))
+    assert len(grids) >= 3  # at least one per stage end
+    sizes = {Image.open(g).size for g in grids}
+    assert sizes == {(64, 64)}  # 16 seeds of 16x16, every stage upsampled to the final size
+    assert Image.open(samples / "reals.png").size == (64, 64)
+    gif = Image.open(samples / "growth.gif")
+    assert gif.n_frames == len(grids)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    ckpts = list_checkpoints(out)
+    assert 1 <= len(ckpts) <= 3  # keep_checkpoints
+    assert not list((out / "checkpoints").glob("*.tmp"))
+    state = load_checkpoint(ckpts[-1])  # weights_only=True
+    assert state["nimg"] >= 1200 and state["stage"] == 2 and state["alpha"] == 1.0
+    assert {"G", "D", "G_ema", "opt_G", "opt_D", "rng"} <= set(state)
+    # G_ema is a smoothed copy of G: close to it, but not equal
+    G_ema = load_model(out / "model")
+    diff = [(state["G"][k] - v).abs().max().item() for k, v in G_ema.state_dict().items() if "weight" in k]
+    assert max(diff) > 0
+
+
+def test_existing_run_needs_resume_and_resume_of_a_finished_run_changes_nothing(trained_run, data_dir):
+    _, out, _ = trained_run
+    with pytest.raises(RunError, match="already holds a run"):
+        Trainer(TrainConfig(data=str(data_dir), out=str(out), **TINY))
+    before = weights_sha256(out / "model")
+    assert main(["train", "--resume", str(out), "--arch", "progan"]) == 2  # resume takes no other flags
+    assert train(TrainConfig(), resume=out) is not None
+    assert weights_sha256(out / "model") == before
+
+
+def test_resume_equals_uninterrupted_bit_for_bit(data_dir, tmp_path):
+    common = dict(mirror=True, metric_num=0, tensorboard=False, checkpoint_kimg=100.0)
+    full = tiny_train_config(data_dir, tmp_path / "full", **common)
+    train(full)
+    # The same run, stopped mid fade-in of 8x8 (step 20: alpha 1/3), then resumed, with a worker process for data.
+    part = tiny_train_config(data_dir, tmp_path / "part", **{**common, "workers": 1})
+    assert train(part, stop_after_steps=20) is None
+    stopped = load_checkpoint(latest_checkpoint(tmp_path / "part"))
+    assert stopped["step"] == 20 and stopped["stage"] == 1 and 0 < stopped["alpha"] < 1
+    assert train(TrainConfig(), resume=tmp_path / "part") is not None
+    a = load_checkpoint(latest_checkpoint(tmp_path / "full"))
+    b = load_checkpoint(latest_checkpoint(tmp_path / "part"))
+    assert a["step"] == b["step"] and a["nimg"] == b["nimg"]
+    for net in ("G", "D", "G_ema"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
+    for opt in ("opt_G", "opt_D"):
+        for pid, st in a[opt]["state"].items():
+            for k, v in st.items():
+                assert torch.equal(v, b[opt]["state"][pid][k])
+    assert weights_sha256(tmp_path / "full" / "model") == weights_sha256(tmp_path / "part" / "model")
+
+
+def test_style_mixing_regularisation_mixes_two_latents_at_a_crossover(data_dir, tmp_path):
+    t = Trainer(tiny_train_config(data_dir, tmp_path / "mix", metric_num=0, tensorboard=False, style_mixing_prob=1.0))
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 32, generator=gen)
+    ws = t._ws(z, stage=2, gen=gen, track_w_avg=True).detach()
+    first = ws[:, :1]
+    same = (ws == first).all(dim=2)  # [N, num_ws]: layer equals layer 0
+    cut = same.float().argmin(dim=1)  # the first mixed layer
+    assert (cut >= 1).all() and (cut <= 5).all() and len(set(cut.tolist())) > 1
+    assert t.G.w_avg.abs().sum() > 0
+    t.cfg.style_mixing_prob = 0.0
+    ws = t._ws(z, stage=2, gen=gen, track_w_avg=False)
+    assert (ws == ws[:, :1]).all()
+
+
+# -- multi-process ---------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_with_two_gloo_processes_keeps_the_ranks_weights_identical(data_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "ganserve.train", "--data", str(data_dir), "--out", str(out),
+           "--arch", "stylegan", "--resolution", "16", "--z-dim", "32", "--w-dim", "32", "--fmap-base", "64",
+           "--fmap-max", "16", "--mapping-layers", "2", "--kimg-scale", "0.0002", "--batch-size", "8",
+           "--workers", "0", "--no-progress", "--metric-num", "0", "--no-tensorboard", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digests = [(out / "digests" / f"rank{r}.txt").read_text() for r in range(2)]
+    assert digests[0] == digests[1]
+    # rank 0 alone wrote the checkpoint; it holds the weights whose digest both ranks reported
+    assert json.loads((out / "model" / "config.json").read_text())["training"]["kimg"] >= 0.6
+    final = load_checkpoint(latest_checkpoint(out))
+    assert final["stage"] == 2
+    assert digests[0].strip() == state_digest(final["G"], final["D"], final["G_ema"])
+
+
+def test_ctrl_c_writes_a_checkpoint_and_stops_cleanly(data_dir, tmp_path):
+    out = tmp_path / "sigint"
+    cmd = [sys.executable, "-m", "ganserve.train", "--data", str(data_dir), "--out", str(out), "--arch", "progan",
+           "--resolution", "16", "--z-dim", "32", "--fmap-base", "128", "--fmap-max", "32", "--kimg-scale", "1",
+           "--batch-size", "8", "--workers", "0", "--no-progress", "--no-tensorboard", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / SAMPLES_DIR / "reals.png").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr and "--resume" in stdout + stderr
+    state = load_checkpoint(latest_checkpoint(out))
+    assert state["step"] >= 1 and state["stage"] == 0 and not (out / "model").exists()
+
+
+def test_greyscale_training_step_and_sample_grid(data_dir, tmp_path):
+    t = Trainer(tiny_train_config(data_dir, tmp_path / "grey", arch="progan", img_channels=1, metric_num=0,
+                                  tensorboard=False))
+    assert t.pyramid[-1].shape == (48, 1, 16, 16)
+    phase = next(t.schedule.steps())
+    before = [p.detach().clone() for p in t.D.parameters()]
+    stats = t.train_step(phase, t.pyramid[phase.stage][:16])
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.D.parameters()))
+    assert t.sample_grid().shape == (64, 64, 1)
