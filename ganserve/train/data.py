@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable
@@ -44,10 +45,15 @@ def _sources(path: Path) -> list[tuple[str, Callable[[], bytes]]]:
                 if Path(n).suffix.lower() in EXTENSIONS and not n.endswith("/") and not n.startswith("__MACOSX/")
             )
 
+        # One open archive per thread: opening it re-reads the whole central directory, which for every file of a
+        # large zip would make loading quadratic in its size.
+        handles = threading.local()
+
         def reader(name: str) -> Callable[[], bytes]:
             def read() -> bytes:
-                with zipfile.ZipFile(path) as zf:
-                    return zf.read(name)
+                if getattr(handles, "zf", None) is None:
+                    handles.zf = zipfile.ZipFile(path)
+                return handles.zf.read(name)
 
             return read
 
