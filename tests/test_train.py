@@ -156,6 +156,24 @@ def test_run_writes_sample_grids_growth_gif_tensorboard_and_checkpoints(trained_
     assert max(diff) > 0
 
 
+def test_eval_scores_every_checkpoint_of_a_run_at_its_schedule_position(trained_run, data_dir, capsys):
+    _, out, _ = trained_run
+    common = ["--data", str(data_dir), "--num", "16", "--device", "cpu", "--json"]
+    assert main(["eval", "--model", str(out), *common]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["checkpoint"] for r in rows] == [p.name for p in list_checkpoints(out)]
+    assert [r["nimg"] for r in rows] == [720, 800, 1200]  # the last three kept: 16x16 fading in, then stable
+    assert [round(r["alpha"], 3) for r in rows] == [0.0, 0.333, 1.0] and {r["resolution"] for r in rows} == {16}
+    assert all(r["fake"]["avg"] > 0 and r["floor"] == rows[0]["floor"] for r in rows)
+    assert rows[0]["fake"] != rows[1]["fake"]
+    # The last checkpoint's EMA generator is the model that was written: the same score, to the bit.
+    assert main(["eval", "--model", str(out / "model"), *common]) == 0
+    assert json.loads(capsys.readouterr().out)["fake"] == rows[-1]["fake"]
+    assert main(["eval", "--model", str(list_checkpoints(out)[0]), *common[:-1]]) == 0
+    assert "kimg      0.7  16x16            alpha 0.00  SWD x1e3" in capsys.readouterr().out
+    assert main(["eval", "--model", str(out / "checkpoints" / "nope.pt"), *common]) == 2
+
+
 def test_existing_run_needs_resume_and_resume_of_a_finished_run_changes_nothing(trained_run, data_dir):
     _, out, _ = trained_run
     with pytest.raises(RunError, match="already holds a run"):
@@ -164,6 +182,24 @@ def test_existing_run_needs_resume_and_resume_of_a_finished_run_changes_nothing(
     assert main(["train", "--resume", str(out), "--arch", "progan"]) == 2  # resume takes no other flags
     assert train(TrainConfig(), resume=out) is not None
     assert weights_sha256(out / "model") == before
+
+
+def test_resume_can_end_the_final_stage_now_or_train_it_longer(data_dir, tmp_path):
+    run = tmp_path / "r"
+    cfg = tiny_train_config(data_dir, run, metric_num=0, tensorboard=False)
+    assert Schedule(cfg, num_stages=3).total_nimg == 1200
+    assert train(cfg, stop_after_steps=65) is None  # 1040 images: stabilising 16x16
+    # A final stage of 40 images ends before the position reached: the run finishes at once and writes the model.
+    assert main(["train", "--resume", str(run), "--final-kimg", "100"]) == 0
+    first = weights_sha256(run / "model")
+    assert load_checkpoint(latest_checkpoint(run))["nimg"] == 1040
+    # 480 images at the final resolution: 25 more steps, from the exact state the run stopped in.
+    assert main(["train", "--resume", str(run), "--final-kimg", "1200"]) == 0
+    ckpt = load_checkpoint(latest_checkpoint(run))
+    assert ckpt["nimg"] == 1440 and ckpt["step"] == 90
+    assert json.loads(ckpt["train_config"])["final_kimg"] == 1200
+    assert weights_sha256(run / "model") != first
+    assert main(["train", "--resume", str(run), "--lr", "0.01"]) == 2  # what would change the run's math is refused
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(data_dir, tmp_path):

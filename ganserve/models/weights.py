@@ -23,6 +23,7 @@ from ganserve.models.generator import ProgressiveGenerator
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+DEFAULT_MODEL = "stylegan-emoji64"  # what `ganserve serve` serves when given no model
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -99,10 +100,12 @@ def weights_sha256(directory: str | Path) -> str:
 
 
 def bundled_models() -> dict[str, Path]:
-    """Names -> directories of the models shipped in ganserve/zoo."""
+    """Names -> directories of the models shipped in ganserve/zoo, the default one (DEFAULT_MODEL) first."""
     if not ZOO_DIR.is_dir():
         return {}
-    return {p.name: p for p in sorted(ZOO_DIR.iterdir()) if (p / CONFIG_NAME).is_file()}
+    found = sorted(p for p in ZOO_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+    found.sort(key=lambda p: p.name != DEFAULT_MODEL)
+    return {p.name: p for p in found}
 
 
 def resolve_model(name_or_path: str | Path) -> Path:

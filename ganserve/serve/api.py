@@ -18,12 +18,23 @@ from litserve.loops.simple_loops import BatchedLoop
 from ganserve.serve.batching import ImageJob, ImageResult, run_jobs
 
 
+class IdleWaitBatchedLoop(BatchedLoop):
+    """LitServe's batched loop, except that an idle worker sleeps until a request arrives (or 1 s passes) instead of
+    polling its queue every millisecond, so that the CPU stays with whoever needs it (benchmarks/README.md)."""
+
+    def get_batch_requests(self, lit_api, request_queue, transport):
+        wait = getattr(getattr(request_queue, "_reader", None), "poll", None)  # a pipe-backed multiprocessing.Queue
+        if wait is not None:
+            wait(1.0)
+        return super().get_batch_requests(lit_api, request_queue, transport)
+
+
 class GeneratorAPI(ls.LitAPI):
     def __init__(
         self, models: dict[str, Path], backend: str, state_dir: Path, cpu_threads: int | None = None, **litapi_options
     ):
         # The batched loop even at max_batch_size=1, so that predict always receives a list.
-        super().__init__(api_path="/generate", loop=BatchedLoop(), **litapi_options)
+        super().__init__(api_path="/generate", loop=IdleWaitBatchedLoop(), **litapi_options)
         self.model_dirs = models
         self.backend_name = backend
         self.state_dir = state_dir  # where workers report to the main process: the backends chosen, or why none loaded

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import pickle
 import time
 import uuid
@@ -38,6 +39,7 @@ class Dispatcher:
         self.metrics = metrics
         self.depth = 0
         self._done = deque(maxlen=512)  # completion times of recent images: the rate Retry-After is estimated from
+        self._queue_pid = -1
 
     def admit(self) -> None:
         if self.depth >= self.max_queue:
@@ -62,7 +64,7 @@ class Dispatcher:
         self.depth += 1
         submitted = time.monotonic()
         try:
-            queue = self.server._get_request_queue(self.api_path)
+            queue = self._queue()
             queue.put((self.server.app.response_queue_id, uid, submitted, (model, spec)))
             await item.event.wait()
             data, status = item.response
@@ -74,6 +76,13 @@ class Dispatcher:
         self._done.append(time.monotonic())
         self._observe(model, data, submitted)
         return data
+
+    def _queue(self):
+        queue = self.server._get_request_queue(self.api_path)
+        if self._queue_pid != os.getpid():  # once per process: exiting must not wait on a queue that nobody reads
+            getattr(queue, "cancel_join_thread", lambda: None)()
+            self._queue_pid = os.getpid()
+        return queue
 
     def _observe(self, model: str, result: ImageResult, submitted: float) -> None:
         self.metrics.queue_time.observe(max(0.0, result.started - submitted))

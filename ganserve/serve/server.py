@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing as mp
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import litserve as ls
+from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 
@@ -109,6 +111,18 @@ class GanServer(ls.LitServer):
         self.stop_reason = ""
         # PNG bytes do not gzip; and a gzip layer would hold streamed parts back until the end.
         self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
+
+    def _init_manager(self, num_api_servers: int):
+        """LitServe's queues are Manager proxies: every put and get, and every 1 ms poll of an idle worker, is a round
+        trip through the manager process (an idle server burned a seventh of a core on it). Pipe-backed queues,
+        handed to the processes as they start, carry the same items without that hop (benchmarks/README.md)."""
+        manager = super()._init_manager(num_api_servers)
+        if self.transport_config.transport_type == "mp":
+            ctx = mp.get_context("spawn")  # the inference workers' context; the API process, forked, inherits them
+            for path in self.litapi_request_queues:
+                self.litapi_request_queues[path] = ctx.Queue()
+            self._transport = MPQueueTransport(manager, [ctx.Queue() for _ in range(num_api_servers)])
+        return manager
 
     def verify_worker_status(self) -> None:
         try:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FORMAT = "ganserve-train-checkpoint"
 _NAME = re.compile(r"^ckpt-(\d{10})\.pt$")
 
 

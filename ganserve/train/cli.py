@@ -86,9 +86,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ValueError(f"{args.config}: cannot read the training config ({e})") from None
         given = {**base, **given}
     if args.resume:
-        if given:
-            raise ValueError("--resume continues a run with its saved config; give no other flags")
-        model_dir = train(TrainConfig(), resume=args.resume)
+        if args.config:
+            raise ValueError("--resume continues a run with its saved config; --config cannot replace it")
+        model_dir = train(TrainConfig(), resume=args.resume, resume_overrides=given)
     else:
         if not given.get("data"):
             raise ValueError("--data is required (a folder or zip of images), or --resume RUN_DIR")
@@ -102,17 +102,43 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from ganserve.devices import resolve_device
     from ganserve.models.weights import load_model, resolve_model
+    from ganserve.train.checkpoint import CHECKPOINT_DIR, list_checkpoints
     from ganserve.train.data import load_images
-    from ganserve.train.evaluate import evaluate_swd, format_report
+    from ganserve.train.evaluate import (
+        RealReference,
+        checkpoint_generator,
+        evaluate_swd,
+        format_checkpoint_row,
+        format_report,
+    )
 
     _one_line_warnings()
     if args.num < 1:
         raise ValueError(f"--num must be positive, got {args.num}")
     device = resolve_device(args.device)
-    G = load_model(resolve_model(args.model), device)
-    cfg = G.config
     if not Path(args.data).exists():
         raise ValueError(f"{args.data}: no such file or directory")
+    target = Path(args.model)
+    if target.suffix == ".pt" or (target / CHECKPOINT_DIR).is_dir():  # a training checkpoint, or a whole run's
+        checkpoints = [target] if target.suffix == ".pt" else list_checkpoints(target)
+        if not checkpoints or not checkpoints[0].is_file():
+            raise ValueError(f"{target}: no training checkpoint there")
+        reference, rows = None, []
+        for path in checkpoints:
+            G, position = checkpoint_generator(path, device)
+            cfg = G.config
+            if reference is None:  # the reals and the floor, once for the whole run
+                reals = load_images(args.data, cfg.resolution, cfg.img_channels, args.background, min_images=2)
+                reference = RealReference(reals, args.num, args.seed)
+            result = reference.score(G, args.batch_size, device, stage=position["stage"], alpha=position["alpha"])
+            rows.append({"checkpoint": path.name, **position, "resolution": 4 * 2 ** position["stage"], **result})
+            if not args.json:
+                print(format_checkpoint_row(position, result, cfg.resolution), flush=True)
+        if args.json:
+            print(json.dumps(rows))
+        return
+    G = load_model(resolve_model(args.model), device)
+    cfg = G.config
     reals = load_images(args.data, cfg.resolution, cfg.img_channels, args.background, min_images=2)
     result = evaluate_swd(G, reals, args.num, args.batch_size, args.seed, device)
     if args.json:
@@ -123,13 +149,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a ProGAN/StyleGAN with progressive growing")
-    p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue a run exactly from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT",
+                   help="continue a run exactly from its last checkpoint; only --final-kimg (train longer, or stop "
+                        "now), --data (moved), --checkpoint-kimg, --keep-checkpoints, --metric-num, --workers, "
+                        "--tensorboard and --progress may change")
     p.add_argument("--config", help="train_config.json to start from (flags override it)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="SWD of a model against a data set, next to the real-vs-real floor")
-    p.add_argument("--model", required=True, help="model directory or bundled model name")
+    p.add_argument("--model", required=True,
+                   help="model directory or bundled model name; or a training checkpoint (.pt), or a run directory "
+                        "to score each of its checkpoints (images of a network still growing are upsampled)")
     p.add_argument("--data", required=True, help="folder or zip of real images")
     p.add_argument("--num", type=int, default=10000, help="images per set (capped at half the data set)")
     p.add_argument("--batch-size", type=int, default=64)

@@ -6,6 +6,7 @@ Owns a run directory (config, checkpoints, samples, TensorBoard, final model), e
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,6 +31,7 @@ from ganserve.models.layers import downsample, fade_in, upsample
 from ganserve.models.weights import save_model
 from ganserve.train import distributed as ddp
 from ganserve.train.checkpoint import (
+    CHECKPOINT_FORMAT,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
@@ -42,7 +44,6 @@ from ganserve.train.data import BatchSource, batch_loader, image_pyramid, load_i
 from ganserve.train.evaluate import evaluate_swd
 from ganserve.train.losses import logistic_g_loss, logistic_r1_d_loss, wgan_g_loss, wgan_gp_d_loss
 
-CHECKPOINT_FORMAT = "ganserve-train-checkpoint"
 MODEL_DIR = "model"
 SAMPLES_DIR = "samples"
 GROWTH_GIF = "growth.gif"
@@ -68,10 +69,16 @@ def state_digest(*state_dicts: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+# Fields of TrainConfig that `--resume` may change: the length of the final stage, and how the run reports.
+RESUME_OVERRIDABLE = ("data", "final_kimg", "checkpoint_kimg", "keep_checkpoints", "metric_num", "workers",
+                      "tensorboard", "progress")
+
+
 class Trainer:
     """One run. `Trainer(cfg).train()` starts or, with `resume`, continues it; returns the model directory."""
 
-    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None):
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None,
+                 resume_overrides: dict[str, Any] | None = None):
         self.device = resolve_device(cfg.device)
         self.dist, self.device = ddp.init_distributed(self.device)
         self.cuda = self.device.type == "cuda"
@@ -93,6 +100,7 @@ class Trainer:
             if ckpt.get("format") != CHECKPOINT_FORMAT:
                 raise RunError(f"{ckpt_path}: not a ganserve training checkpoint")
             cfg = TrainConfig.from_dict(json.loads(ckpt["train_config"]))
+            cfg = resumed_config(cfg, resume_overrides or {})
             cfg.out = str(self.run_dir)
         elif latest_checkpoint(self.run_dir) is not None:
             raise RunError(f"{self.run_dir} already holds a run; pass --resume {self.run_dir} or choose another --out")
@@ -404,9 +412,25 @@ class Trainer:
         return model_dir
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after_steps: int | None = None) -> Path | None:
+def resumed_config(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """A resumed run's saved config with the few fields that may change between runs (RESUME_OVERRIDABLE).
+
+    Lengthening `final_kimg` trains on at the final resolution; shortening it below the position reached ends the
+    run at once (it writes the model). Nothing that would make the resumed run differ before that point changes."""
+    bad = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
+    if bad:
+        raise RunError(f"--resume keeps the run's saved config; only {', '.join(RESUME_OVERRIDABLE)} may change "
+                       f"(got {', '.join(bad)})")
+    cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
+    if "data" in overrides:
+        cfg.data = str(Path(cfg.data).resolve())
+    return cfg
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after_steps: int | None = None,
+          resume_overrides: dict[str, Any] | None = None) -> Path | None:
     """Train (or resume) a run; returns the servable model directory, or None when stopped early / not rank 0."""
-    trainer = Trainer(cfg, resume)
+    trainer = Trainer(cfg, resume, resume_overrides)
     try:
         return trainer.train(stop_after_steps)
     finally:

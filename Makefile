@@ -1,0 +1,18 @@
+# Shortcuts for the commands in README.md; each target is one of its lines.
+.PHONY: test serve figures bench-backends bench-serve
+
+test:  # what CI runs (.ci/run)
+	pip install torch==2.13.0 && pip install -e '.[dev]' && ruff check . && python -m pytest
+
+serve:  # the bundled StyleGAN on http://127.0.0.1:8000
+	ganserve serve
+
+figures:  # the README's pictures of the bundled models
+	python docs/make_figures.py --model stylegan-emoji64 --out docs/images --swd docs/images/stylegan-emoji64-swd.json
+	python docs/make_figures.py --model progan-emoji64 --out docs/images --swd docs/images/progan-emoji64-swd.json
+
+bench-backends:
+	python benchmarks/backends.py --model stylegan-emoji64 --backends torch,onnxruntime,compile,tensorrt --batch-sizes 1,8,32,64
+
+bench-serve:
+	python benchmarks/serve_bench.py --backend torch --workers 2 --profile --name serve_cpu_2workers

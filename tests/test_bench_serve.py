@@ -1,0 +1,86 @@
+"""The serving benchmark scripts work end to end: the naive baseline does the server's work, serve_bench writes results.
+
+Tiny model, a few seconds of load; what needs locust skips when it is not installed (pip install 'ganserve[bench]').
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ganserve.export.backends import load_backend
+from ganserve.models.sampling import make_spec
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+needs_locust = pytest.mark.skipif(importlib.util.find_spec("locust") is None,
+                                  reason="locust is not installed (pip install 'ganserve[bench]')")
+
+
+@pytest.fixture(scope="module")
+def naive_server():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import naive_server
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return naive_server
+
+
+def test_naive_server_returns_the_same_pixels_as_the_backend(model_dirs, naive_server):
+    from fastapi.testclient import TestClient
+
+    model = model_dirs["stylegan"]
+    with TestClient(naive_server.build_app(model, backend="torch", device="cpu")) as client:
+        r = client.get("/generate", params={"seed": 42})
+        assert client.get("/generate", params={"seed": -1}).status_code == 422
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.headers["x-seed"] == "42"
+    backend = load_backend(model, "torch", "cpu")
+    expected = backend.generate([make_spec(backend.config, 42)])[0]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")), expected)
+
+
+@needs_locust
+@pytest.mark.slow
+def test_serve_bench_measures_both_servers_and_writes_every_result(model_dirs, tmp_path):
+    cmd = [sys.executable, str(BENCHMARKS / "serve_bench.py"), "--model", model_dirs["stylegan"], "--backend", "torch",
+           "--device", "cpu", "--concurrency", "1,2", "--duration", "1.5", "--warmup", "0.3",
+           "--ceiling-batch-sizes", "1,4", "--ceiling-seconds", "0.2", "--ceiling-rounds", "2",
+           "--headline-concurrency", "2", "--out", str(tmp_path), "--name", "t"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("headline: ceiling ")
+    with open(tmp_path / "t.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["server"], r["concurrency"]) for r in rows} == {(s, c) for s in ("batched", "naive") for c in "12"}
+    for r in rows:
+        assert float(r["images_per_s"]) > 0 and int(r["failures"]) == 0 and int(r["requests"]) > 0
+        assert 0 < float(r["p50_ms"]) <= float(r["p99_ms"])
+        assert 0 <= float(r["locust_cores"]) < 2
+    assert all(float(r["mean_batch"]) >= 1 for r in rows if r["server"] == "batched")
+    with open(tmp_path / "t_ceiling.csv", newline="") as f:
+        assert [r["batch_size"] for r in csv.DictReader(f)] == ["1", "4"]
+    text = (tmp_path / "t.md").read_text()
+    assert "**efficiency**" in text and "**batching gain**" in text and "**batching headroom**" in text
+    assert (tmp_path / "t.png").stat().st_size > 0 and (tmp_path / "t_machine.json").is_file()
+
+
+def test_serve_bench_without_a_model_takes_the_default_bundled_one_or_says_how_to_make_one(tmp_path, monkeypatch):
+    import ganserve.models.weights as weights
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import serve_bench
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert serve_bench.default_model() == weights.DEFAULT_MODEL == next(iter(weights.bundled_models()))
+    monkeypatch.setattr(weights, "ZOO_DIR", tmp_path / "no-zoo")  # an installation without bundled models
+    with pytest.raises(SystemExit, match="bundles no model.*ganserve init"):
+        serve_bench.default_model()
