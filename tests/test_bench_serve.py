@@ -80,6 +80,11 @@ def test_serve_bench_without_a_model_takes_the_default_bundled_one_or_says_how_t
         import serve_bench
     finally:
         sys.path.remove(str(BENCHMARKS))
+    zoo = tmp_path / "zoo"  # a zoo where the default model does not sort first by name
+    for name in ("aaa-first-by-name", weights.DEFAULT_MODEL):
+        (zoo / name).mkdir(parents=True)
+        (zoo / name / weights.CONFIG_NAME).write_text("{}")
+    monkeypatch.setattr(weights, "ZOO_DIR", zoo)
     assert serve_bench.default_model() == weights.DEFAULT_MODEL == next(iter(weights.bundled_models()))
     monkeypatch.setattr(weights, "ZOO_DIR", tmp_path / "no-zoo")  # an installation without bundled models
     with pytest.raises(SystemExit, match="bundles no model.*ganserve init"):
