@@ -69,9 +69,10 @@ def state_digest(*state_dicts: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-# Fields of TrainConfig that `--resume` may change: the length of the final stage, and how the run reports.
-RESUME_OVERRIDABLE = ("data", "final_kimg", "checkpoint_kimg", "keep_checkpoints", "metric_num", "workers",
-                      "tensorboard", "progress")
+# Fields of TrainConfig that `--resume` may change: the length of the final stage, the half-life of the served
+# EMA generator (it never feeds back into training), and how the run reports.
+RESUME_OVERRIDABLE = ("data", "final_kimg", "ema_kimg", "checkpoint_kimg", "keep_checkpoints", "metric_num",
+                      "workers", "tensorboard", "progress")
 
 
 class Trainer:
