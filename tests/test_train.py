@@ -17,7 +17,7 @@ from PIL import Image
 from test_data import write_disc_images
 
 from ganserve.cli import main
-from ganserve.models.weights import load_model, weights_sha256
+from ganserve.models.weights import load_config, load_model, weights_sha256
 from ganserve.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from ganserve.train.config import CONFIG_NAME, Schedule, TrainConfig, parse_batch_sizes
 from ganserve.train.losses import logistic_g_loss, logistic_r1_d_loss, wgan_g_loss, wgan_gp_d_loss
@@ -193,6 +193,8 @@ def test_resume_can_end_the_final_stage_now_or_train_it_longer(data_dir, tmp_pat
     assert main(["train", "--resume", str(run), "--final-kimg", "100"]) == 0
     first = weights_sha256(run / "model")
     assert load_checkpoint(latest_checkpoint(run))["nimg"] == 1040
+    # The speed at the final resolution was measured before the stop and is carried by the checkpoint.
+    assert load_config(run / "model").training["img_per_s"] > 0
     # 480 images at the final resolution: 25 more steps, from the exact state the run stopped in.
     assert main(["train", "--resume", str(run), "--final-kimg", "1200"]) == 0
     ckpt = load_checkpoint(latest_checkpoint(run))

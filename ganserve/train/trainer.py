@@ -134,6 +134,7 @@ class Trainer:
         self.opt_G = torch.optim.Adam(self.G.parameters(), **opt)
         self.opt_D = torch.optim.Adam(self.D.parameters(), **opt)
         self.step, self.nimg, self.elapsed = 0, 0, 0.0
+        self.final_imgs, self.final_time = 0, 0.0  # images and seconds at the final resolution, for img_per_s
         if ckpt is not None:
             self._load_state(ckpt)
         for m in (self.G, self.D, self.G_ema):
@@ -151,7 +152,7 @@ class Trainer:
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "step": self.step, "nimg": self.nimg, "stage": stage, "alpha": alpha, "elapsed_s": self.elapsed,
-            "rng": rng_state(),
+            "final_imgs": self.final_imgs, "final_time_s": self.final_time, "rng": rng_state(),
             "train_config": json.dumps(self.cfg.to_dict()), "model_config": json.dumps(self.model_config.to_dict()),
         }
 
@@ -161,6 +162,7 @@ class Trainer:
         self.opt_G.load_state_dict(ckpt["opt_G"])
         self.opt_D.load_state_dict(ckpt["opt_D"])
         self.step, self.nimg, self.elapsed = int(ckpt["step"]), int(ckpt["nimg"]), float(ckpt["elapsed_s"])
+        self.final_imgs, self.final_time = int(ckpt.get("final_imgs", 0)), float(ckpt.get("final_time_s", 0.0))
         set_rng_state(ckpt["rng"])
 
     def save_checkpoint(self) -> Path | None:
@@ -342,7 +344,7 @@ class Trainer:
                    disable=not (cfg.progress and main), dynamic_ncols=True)
         ckpt_every = max(1, round(cfg.checkpoint_kimg * 1000))
         rate, t_last, steps_done = 0.0, time.perf_counter(), 0
-        final_imgs, final_time, last_stage = 0, 0.0, self.model_config.num_stages - 1
+        last_stage = self.model_config.num_stages - 1
         stats: dict[str, float] = {}
         try:
             for phase, batch in zip(phases, loader):
@@ -352,8 +354,10 @@ class Trainer:
                 dt, t_last = now - t_last, now
                 self.elapsed += dt
                 rate = phase.batch / dt if rate == 0 else 0.9 * rate + 0.1 * phase.batch / dt
-                if phase.stage == last_stage and (phase.nimg > self.schedule.start[last_stage] + phase.batch):
-                    final_imgs, final_time = final_imgs + phase.batch, final_time + dt  # after a warm-up step
+                # training speed at the final resolution, leaving out each process's and the stage's warm-up step
+                if phase.stage == last_stage and steps_done > 0 and (
+                        phase.nimg > self.schedule.start[last_stage] + phase.batch):
+                    self.final_imgs, self.final_time = self.final_imgs + phase.batch, self.final_time + dt
                 steps_done += 1
                 res = 4 * 2**phase.stage
                 bar.update(phase.batch)
@@ -375,7 +379,7 @@ class Trainer:
                         return None
         finally:
             bar.close()
-        return self._finish(final_imgs / final_time if final_time else rate, stats)
+        return self._finish(self.final_imgs / self.final_time if self.final_time else rate, stats)
 
     def _finish(self, rate: float, stats: dict[str, float]) -> Path | None:
         """Digests (DDP), then on rank 0: final SWD, the model directory with its training summary, the GIF.
@@ -394,8 +398,10 @@ class Trainer:
         summary: dict[str, Any] = {
             "dataset": Path(cfg.data).name, "images": self.num_images, "kimg": round(self.nimg / 1000, 3),
             "steps": self.step, "time_s": round(self.elapsed, 1), "loss": cfg.loss, "seed": cfg.seed,
-            "kimg_scale": cfg.kimg_scale, "img_per_s": round(rate, 1),
+            "kimg_scale": cfg.kimg_scale,
         }
+        if rate > 0:  # unknown when a run resumed from an older checkpoint ends without a step
+            summary["img_per_s"] = round(rate, 1)
         if cfg.metric_num > 0:
             result = evaluate_swd(self.G_ema, self.pyramid[-1], cfg.metric_num, device=self.device, seed=cfg.seed)
             summary.update(swd_x1e3=round(result["fake"]["avg"], 3), swd_floor_x1e3=round(result["floor"]["avg"], 3),
