@@ -300,3 +300,10 @@ def test_greyscale_training_step_and_sample_grid(data_dir, tmp_path):
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, t.D.parameters()))
     assert t.sample_grid().shape == (64, 64, 1)
+
+
+def test_an_ema_half_life_long_next_to_the_stages_is_warned_about(data_dir, tmp_path):
+    cfg = tiny_train_config(data_dir, tmp_path / "r", metric_num=0, tensorboard=False, kimg_scale=1.0,
+                            fade_kimg=0.4, stab_kimg=0.4, ema_kimg=0.4)
+    with pytest.warns(UserWarning, match=r"EMA's half-life \(ema_kimg 0.4\) is long.*--ema-kimg 0.02"):
+        assert train(cfg, stop_after_steps=1) is None

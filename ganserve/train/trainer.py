@@ -13,6 +13,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,11 @@ class Trainer:
         self.num_images = len(images)
         self.pyramid = image_pyramid(images, self.model_config.num_stages)
         self.schedule = Schedule(cfg, self.model_config.num_stages)
+        shortest = min(cfg.fade_kimg, cfg.stab_kimg)
+        if cfg.ema_kimg > shortest / 5 and self.dist.is_main:
+            warnings.warn(f"the generator EMA's half-life (ema_kimg {cfg.ema_kimg:g}) is long next to the stages "
+                          f"({shortest:g} kimg): the served EMA generator will lag each new resolution's layers; "
+                          f"--ema-kimg {shortest / 20:g} keeps it close (the papers use 1/60 of a stage)", stacklevel=2)
         for s, b in enumerate(self.schedule.batches):
             if b % self.dist.world_size:
                 raise RunError(f"batch size {b} at {4 * 2**s}x{4 * 2**s} does not divide among "
