@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from ganserve.models.config import ARCHS
-from ganserve.train.config import LOSSES, TrainConfig, parse_batch_sizes
+from ganserve.train.config import LOSSES, RESUME_OVERRIDABLE, TrainConfig, parse_batch_sizes
 
 # field -> (flag help, type); booleans get --flag/--no-flag.
 _HELP = {
@@ -150,9 +150,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a ProGAN/StyleGAN with progressive growing")
     p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT",
-                   help="continue a run exactly from its last checkpoint; only --final-kimg (train longer, or stop "
-                        "now), --data (moved), --checkpoint-kimg, --keep-checkpoints, --metric-num, --workers, "
-                        "--tensorboard and --progress may change")
+                   help="continue a run exactly from its last checkpoint; only "
+                        + ", ".join("--" + f.replace("_", "-") for f in RESUME_OVERRIDABLE) + " may change "
+                        "(--final-kimg: train longer, or stop now)")
     p.add_argument("--config", help="train_config.json to start from (flags override it)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)

@@ -27,6 +27,12 @@ CONFIG_NAME = "train_config.json"
 MODEL_FIELDS = ("z_dim", "w_dim", "img_channels", "fmap_base", "fmap_max", "mapping_layers", "mbstd_group_size")
 
 
+# Fields of TrainConfig that `--resume` may change: the length of the final stage, the half-life of the served
+# EMA generator (it never feeds back into training), and how the run reports.
+RESUME_OVERRIDABLE = ("data", "final_kimg", "ema_kimg", "checkpoint_kimg", "keep_checkpoints", "metric_num",
+                      "workers", "tensorboard", "progress")
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a run. Lengths are in kimg (thousands of real images shown to D), scaled by kimg_scale."""

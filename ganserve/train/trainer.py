@@ -40,7 +40,7 @@ from ganserve.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from ganserve.train.config import CONFIG_NAME, Phase, Schedule, TrainConfig
+from ganserve.train.config import CONFIG_NAME, RESUME_OVERRIDABLE, Phase, Schedule, TrainConfig
 from ganserve.train.data import BatchSource, batch_loader, image_pyramid, load_images, natural_resolution
 from ganserve.train.evaluate import evaluate_swd
 from ganserve.train.losses import logistic_g_loss, logistic_r1_d_loss, wgan_g_loss, wgan_gp_d_loss
@@ -68,12 +68,6 @@ def state_digest(*state_dicts: dict[str, torch.Tensor]) -> str:
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-# Fields of TrainConfig that `--resume` may change: the length of the final stage, the half-life of the served
-# EMA generator (it never feeds back into training), and how the run reports.
-RESUME_OVERRIDABLE = ("data", "final_kimg", "ema_kimg", "checkpoint_kimg", "keep_checkpoints", "metric_num",
-                      "workers", "tensorboard", "progress")
 
 
 class Trainer:
