@@ -6,6 +6,8 @@ Owns the one float->uint8 rule (x * 127.5 + 128, clamped, truncated) and the ima
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,10 +22,14 @@ def to_uint8(img: torch.Tensor) -> torch.Tensor:
     return (img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+def check_pixels(pixels: np.ndarray) -> None:
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3) or 0 in pixels.shape:
+        raise ValueError(f"expected [H, W, 1|3] uint8 pixels, got {pixels.dtype} {pixels.shape}")
+
+
 def to_pil(pixels: np.ndarray) -> Image.Image:
     """[H, W, C] uint8 with C = 1 or 3 -> PIL image (mode L or RGB)."""
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
-        raise ValueError(f"expected [H, W, 1|3] uint8 pixels, got {pixels.dtype} {pixels.shape}")
+    check_pixels(pixels)
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
 
 
@@ -31,10 +37,35 @@ def encode(pixels: np.ndarray, fmt: str = "png", compress_level: int = 1, qualit
     """Encode one [H, W, C] uint8 image as png (lossless; fast level by default), jpeg or webp."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "png":
+        return encode_png(pixels, compress_level)
     buf = io.BytesIO()
-    options = {"compress_level": compress_level} if fmt == "png" else {"quality": quality}
-    to_pil(pixels).save(buf, format=FORMATS[fmt][0], **options)
+    to_pil(pixels).save(buf, format=FORMATS[fmt][0], quality=quality)
     return buf.getvalue()
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOR_TYPES = {1: 0, 3: 2}  # channels -> PNG colour type (greyscale, truecolour)
+
+
+def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
+    """[H, W, 1|3] uint8 -> PNG bytes, written directly: every row uses the 'Up' filter (the difference from the row
+    above, which uint8 arithmetic wraps modulo 256 as the format wants) and one zlib stream. For small images this is
+    2-3x faster than Pillow's encoder at the same level, for about the same size (benchmarks/README.md)."""
+    check_pixels(pixels)
+    h, w, c = pixels.shape
+    flat = np.ascontiguousarray(pixels).reshape(h, w * c)
+    rows = np.empty((h, 1 + w * c), np.uint8)
+    rows[:, 0] = 2  # filter type Up; on the first row the row above counts as zeros
+    rows[0, 1:] = flat[0]
+    np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])
+    header = struct.pack(">IIBBBBB", w, h, 8, PNG_COLOR_TYPES[c], 0, 0, 0)
+    return b"".join((PNG_SIGNATURE, _png_chunk(b"IHDR", header),
+                     _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)), _png_chunk(b"IEND", b"")))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def make_grid(images: Sequence[np.ndarray] | np.ndarray, cols: int | None = None, pad: int = 0) -> np.ndarray:
