@@ -89,3 +89,14 @@ def test_serve_bench_without_a_model_takes_the_default_bundled_one_or_says_how_t
     monkeypatch.setattr(weights, "ZOO_DIR", tmp_path / "no-zoo")  # an installation without bundled models
     with pytest.raises(SystemExit, match="bundles no model.*ganserve init"):
         serve_bench.default_model()
+
+
+def test_best_batch_size_is_the_smallest_one_about_as_fast_as_the_fastest():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import serve_bench
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert serve_bench.smallest_near_best({1: 100.0, 2: 190.0, 4: 228.0, 8: 238.0, 16: 231.0}) == 4
+    assert serve_bench.smallest_near_best({1: 100.0, 2: 150.0, 4: 200.0, 8: 240.0}) == 8
+    assert serve_bench.smallest_near_best({1: 50.0}) == 1
