@@ -40,8 +40,8 @@ LOCUSTFILE = HERE / "locustfile.py"
 NAIVE_SERVER = HERE / "naive_server.py"
 SERVERS = ("batched", "naive")
 FIELDS = ["server", "concurrency", "images_per_s", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "requests", "failures",
-          "mean_batch", "batch_ms", "queue_ms", "encode_ms", "server_cores", "locust_cores", "other_cores", "warmup_s",
-          "window_s"]
+          "mean_batch", "batch_ms", "queue_ms", "encode_ms", "server_cores", "worker_cores", "locust_cores",
+          "other_cores", "warmup_s", "window_s"]
 
 
 def default_model() -> str:
@@ -250,6 +250,18 @@ def cpu_seconds(pids: set[int]) -> float:
     return total
 
 
+def inference_workers(pids: set[int]) -> set[int]:
+    """Those of `pids` that are multiprocessing-spawned children (ganserve serve's inference workers)."""
+    found = set()
+    for pid in pids:
+        try:
+            if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+        except OSError:
+            pass
+    return found
+
+
 def machine_busy() -> float:
     """CPU seconds the whole machine has spent busy so far (all cores, all processes; Linux /proc/stat)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -342,11 +354,14 @@ def measure_servers(servers: dict[str, ServerProcess], levels: list[int], durati
             # Closed loop: a request takes about users / rate seconds; warm up for about two of those.
             wait = warmup if warmup is not None else min(15.0, max(2.0, 2 * users / max(rate[kind], 0.1)))
             pids = server.descendants()
+            workers = inference_workers(pids) if kind == "batched" else set()  # the naive server's do everything
             cpu0, wall0, machine0 = cpu_seconds(pids), time.monotonic(), machine_busy()
+            worker_cpu0 = cpu_seconds(workers)
             histograms0 = histogram_totals(server) if kind == "batched" else None
             stats = run_locust(server.url, users, wait, duration, workdir / kind, max_requests)
             elapsed = time.monotonic() - wall0
             server_cores = (cpu_seconds(pids) - cpu0) / elapsed
+            worker_cores = (cpu_seconds(workers) - worker_cpu0) / elapsed if workers else None
             busy = (machine_busy() - machine0) / elapsed  # every process on the machine, ours included
             inside = {"mean_batch": 1.0}  # the naive server runs one image per forward
             if histograms0 is not None:  # the whole level, warm-up included
@@ -360,11 +375,13 @@ def measure_servers(servers: dict[str, ServerProcess], levels: list[int], durati
             others = max(0.0, busy - server_cores - (stats["locust_cores"] or 0.0))
             rows.append({"server": kind, "concurrency": users, **stats, **inside,
                          "server_cores": round(server_cores, 2), "other_cores": round(others, 2),
+                         "worker_cores": round(worker_cores, 2) if worker_cores is not None else "",
                          "warmup_s": round(wait, 1)})
+            of_workers = f" (workers {worker_cores:.2f})" if worker_cores is not None else ""
             say(f"{kind:>7} c={users:<3d} {stats['images_per_s']:7.1f} img/s  p50 {stats['p50_ms']:6.0f}  "
                 f"p95 {stats['p95_ms']:6.0f}  p99 {stats['p99_ms']:6.0f} ms  failures {stats['failures']}  "
-                f"batch {mean_batch:5.2f}  cores: server {server_cores:.2f}, locust {stats['locust_cores']}, "
-                f"others {others:.2f}")
+                f"batch {mean_batch:5.2f}  cores: server {server_cores:.2f}{of_workers}, "
+                f"locust {stats['locust_cores']}, others {others:.2f}")
     if profile_at is not None and "batched" in servers:  # a run of its own: py-spy takes CPU from what it watches
         server = servers["batched"]
         wait = min(15.0, max(2.0, 2 * profile_at / max(rate["batched"], 0.1)))
@@ -484,13 +501,18 @@ def markdown(rows, ceiling, h, info, setup, command) -> str:
                 f"{1000 * r['mean_batch'] / r['batch_ms']:.1f} | {r['queue_ms']:.0f} | {r['encode_ms']:.2f} |"
                 for r in inside]
     out += ["", "CPU used during each level, in cores (of the machine's "
-            f"{info.get('cores_available', '?')}): the server's processes / the locust client / everything else "
-            "on the machine.", "", "| concurrency | " + " | ".join(kinds) + " |", "|---:|" + "---:|" * len(kinds)]
+            f"{info.get('cores_available', '?')}): the server's processes (ganserve serve's inference workers in "
+            "brackets; the rest is its HTTP process) / the locust client / everything else on the machine.", "",
+            "| concurrency | " + " | ".join(kinds) + " |", "|---:|" + "---:|" * len(kinds)]
     for users in levels:
         cells = []
         for kind in kinds:
             r = row(kind, users)
-            cells.append(f"{r['server_cores']:.2f} / {r['locust_cores']} / {r['other_cores']:.2f}" if r else "")
+            if r:
+                workers = f" ({r['worker_cores']:.2f})" if r.get("worker_cores") not in (None, "") else ""
+                cells.append(f"{r['server_cores']:.2f}{workers} / {r['locust_cores']} / {r['other_cores']:.2f}")
+            else:
+                cells.append("")
         out.append(f"| {users} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
