@@ -20,8 +20,8 @@ from PIL import Image
 
 from ganserve.export.backends import load_backend
 from ganserve.imaging import encode_png
-from ganserve.models.sampling import make_spec
-from ganserve.models.weights import load_config, resolve_model
+from ganserve.models.sampling import make_specs
+from ganserve.models.weights import resolve_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,10 +33,8 @@ def pillow_png(pixels: np.ndarray, level: int) -> bytes:
 
 
 def images(model: str, n: int, size: int) -> list[np.ndarray]:
-    directory = resolve_model(model)
-    backend = load_backend(directory, "torch", "cpu")
-    config = load_config(directory)
-    pixels = backend.run(backend.prepare([make_spec(config, seed) for seed in range(n)])).cpu().numpy()
+    backend = load_backend(resolve_model(model), "torch", "cpu")
+    pixels = backend.generate(make_specs(backend.config, list(range(n))))
     if size == pixels.shape[1]:
         return list(pixels)
     return [np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.BICUBIC)) for p in pixels]

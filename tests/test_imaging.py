@@ -70,3 +70,20 @@ def test_jpeg_and_webp_still_go_through_pillow():
     assert encode(pixels, "webp")[8:12] == b"WEBP"
     with pytest.raises(ValueError, match="format"):
         encode(pixels, "gif")
+
+
+@pytest.mark.parametrize("inline_max_pixels", [0, 64 * 64])  # 0: every image goes through the thread pool
+def test_server_encoder_gives_the_same_png_inline_and_on_its_pool(inline_max_pixels):
+    import asyncio
+
+    from ganserve.serve.encoding import PNG_LEVEL, Encoder
+
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    encoder = Encoder(threads=1, inline_max_pixels=inline_max_pixels)
+    try:
+        data, seconds = asyncio.run(encoder.encode(pixels, "png"))
+        jpeg, _ = asyncio.run(encoder.encode(pixels, "jpeg"))  # other formats always use the pool
+    finally:
+        encoder.shutdown()
+    assert data == encode(pixels, "png", PNG_LEVEL) and seconds >= 0
+    assert jpeg[:2] == b"\xff\xd8"
