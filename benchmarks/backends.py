@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ganserve.devices import resolve_device
+from ganserve.devices import keep_freed_memory, resolve_device
 from ganserve.export.backends import Backend, BackendUnavailable, load_backend
 from ganserve.models.sampling import make_specs
 from ganserve.models.weights import resolve_model
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     names.insert(0, "torch")
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as an inference worker does (GeneratorAPI.setup)
     info = machine()
     say = lambda line: print(line, flush=True)  # noqa: E731
     say("machine: " + json.dumps(info))

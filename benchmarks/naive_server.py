@@ -33,13 +33,11 @@ OPTIONS_VARIABLE = "GANSERVE_NAIVE_SERVER_OPTIONS"
 def build_app(model: str, backend: str = "auto", device: str = "auto", cpu_threads: int | None = None,
               threads: int = 40) -> FastAPI:
     """The app, with the backend loaded the way a ganserve inference worker loads it (GeneratorAPI.setup)."""
-    from ganserve.devices import resolve_device
+    from ganserve.devices import resolve_device, setup_cpu_inference
 
     dev = resolve_device(device)
-    if dev.type == "cpu" and cpu_threads:
-        import torch
-
-        torch.set_num_threads(cpu_threads)
+    if dev.type == "cpu":
+        setup_cpu_inference(cpu_threads)
     generator = load_backend(model, backend, str(dev))
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -120,9 +120,7 @@ def combine_ceiling(*parts: dict[int, dict]) -> dict[int, dict]:
 
 def _ceiling_worker(model, backend, device, cpu_threads, encode_threads, sizes, seconds, rounds, barrier, results):
     try:
-        import torch
-
-        from ganserve.devices import resolve_device
+        from ganserve.devices import resolve_device, setup_cpu_inference
         from ganserve.export.backends import load_backend
         from ganserve.imaging import encode
         from ganserve.models.sampling import make_specs
@@ -130,7 +128,7 @@ def _ceiling_worker(model, backend, device, cpu_threads, encode_threads, sizes, 
 
         dev = resolve_device(device)
         if dev.type == "cpu":
-            torch.set_num_threads(cpu_threads)  # as GeneratorAPI.setup does
+            setup_cpu_inference(cpu_threads)  # as GeneratorAPI.setup does
         generator = load_backend(model, backend, str(dev))
     except Exception as e:  # noqa: BLE001 - reported in one line by the parent
         barrier.abort()

@@ -20,9 +20,11 @@ from ganserve.serve.batching import ImageJob, ImageResult, run_jobs
 
 class IdleWaitBatchedLoop(BatchedLoop):
     """LitServe's batched loop, except that an idle worker sleeps until a request arrives (or 1 s passes) instead of
-    polling its queue every millisecond, so that the CPU stays with whoever needs it (benchmarks/README.md)."""
+    polling its queue every millisecond, so that the CPU stays with whoever needs it, and that the results of a
+    batch leave together, as one message, when the worker comes back for the next batch (benchmarks/README.md)."""
 
     def get_batch_requests(self, lit_api, request_queue, transport):
+        getattr(transport, "flush", lambda: None)()  # the previous batch's results (BatchQueueTransport holds them)
         wait = getattr(getattr(request_queue, "_reader", None), "poll", None)  # a pipe-backed multiprocessing.Queue
         if wait is not None:
             wait(1.0)
@@ -45,10 +47,10 @@ class GeneratorAPI(ls.LitAPI):
         from ganserve.export.backends import load_backend
 
         self._watch_signals()
-        if str(device).startswith("cpu") and self.cpu_threads:
-            import torch
+        if str(device).startswith("cpu"):
+            from ganserve.devices import setup_cpu_inference
 
-            torch.set_num_threads(self.cpu_threads)
+            setup_cpu_inference(self.cpu_threads)
         try:
             self.backends = {name: load_backend(d, self.backend_name, device) for name, d in self.model_dirs.items()}
         except Exception as e:

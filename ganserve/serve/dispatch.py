@@ -6,11 +6,11 @@ Owns admission (a bounded queue: 503 + Retry-After when full) and the only code 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import pickle
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -40,6 +40,7 @@ class Dispatcher:
         self.depth = 0
         self._done = deque(maxlen=512)  # completion times of recent images: the rate Retry-After is estimated from
         self._queue_pid = -1
+        self._ids = itertools.count()  # request ids: unique within the API process, whose results queue is its own
 
     def admit(self) -> None:
         if self.depth >= self.max_queue:
@@ -58,7 +59,7 @@ class Dispatcher:
 
     async def generate(self, model: str, spec) -> ImageResult:
         """One image: queue it, wait for its batch, return its pixels."""
-        uid, item = uuid.uuid4().hex, ResponseBufferItem(event=asyncio.Event())
+        uid, item = next(self._ids), ResponseBufferItem(event=asyncio.Event())
         buffer = self.server.response_buffer
         buffer[uid] = item  # registered before it is queued, so the answer cannot arrive unseen
         self.depth += 1

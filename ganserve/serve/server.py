@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import litserve as ls
-from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 
@@ -31,6 +30,7 @@ from ganserve.serve.encoding import Encoder
 from ganserve.serve.metrics import Metrics
 from ganserve.serve.params import MODEL_NAME_PATTERN
 from ganserve.serve.routes import Service, install
+from ganserve.serve.transport import BatchQueueTransport
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe accepts
 DRAIN_SECONDS = 7.0  # in-flight requests get this long after SIGTERM/Ctrl-C; the rest of shutdown takes well under 3 s
@@ -115,13 +115,14 @@ class GanServer(ls.LitServer):
     def _init_manager(self, num_api_servers: int):
         """LitServe's queues are Manager proxies: every put and get, and every 1 ms poll of an idle worker, is a round
         trip through the manager process (an idle server burned a seventh of a core on it). Pipe-backed queues,
-        handed to the processes as they start, carry the same items without that hop (benchmarks/README.md)."""
+        handed to the processes as they start, carry the same items without that hop, and the results of a batch travel
+        as one message (BatchQueueTransport; benchmarks/README.md)."""
         manager = super()._init_manager(num_api_servers)
         if self.transport_config.transport_type == "mp":
             ctx = mp.get_context("spawn")  # the inference workers' context; the API process, forked, inherits them
             for path in self.litapi_request_queues:
                 self.litapi_request_queues[path] = ctx.Queue()
-            self._transport = MPQueueTransport(manager, [ctx.Queue() for _ in range(num_api_servers)])
+            self._transport = BatchQueueTransport(manager, [ctx.Queue() for _ in range(num_api_servers)])
         return manager
 
     def verify_worker_status(self) -> None:
