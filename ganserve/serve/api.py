@@ -18,16 +18,37 @@ from litserve.loops.simple_loops import BatchedLoop
 from ganserve.serve.batching import ImageJob, ImageResult, run_jobs
 
 
+class FairShare:
+    """The LitAPI as LitServe's batch collection sees it, except that `max_batch_size` is this worker's fair share of
+    the images in the server, ceil(images / workers), between 1 and the configured maximum; it is read again for each
+    request collected. So a batch closes as soon as it holds its share, rather than waiting out the batch window
+    for requests that do not exist or taking requests that another idle worker could start on at once."""
+
+    def __init__(self, api: GeneratorAPI):
+        self._api = api
+
+    def __getattr__(self, name):
+        return getattr(self._api, name)
+
+    @property
+    def max_batch_size(self) -> int:
+        api = self._api
+        return max(1, min(api.max_batch_size, -(-api.demand.value // api.num_workers)))
+
+
 class IdleWaitBatchedLoop(BatchedLoop):
     """LitServe's batched loop, except that an idle worker sleeps until a request arrives (or 1 s passes) instead of
-    polling its queue every millisecond, so that the CPU stays with whoever needs it, and that the results of a
-    batch leave together, as one message, when the worker comes back for the next batch (benchmarks/README.md)."""
+    polling its queue every millisecond, so that the CPU stays with whoever needs it; that batches are capped at the
+    worker's fair share (FairShare); and that the results of a batch leave together, as one message, when the worker
+    comes back for the next batch (benchmarks/README.md)."""
 
     def get_batch_requests(self, lit_api, request_queue, transport):
         getattr(transport, "flush", lambda: None)()  # the previous batch's results (BatchQueueTransport holds them)
         wait = getattr(getattr(request_queue, "_reader", None), "poll", None)  # a pipe-backed multiprocessing.Queue
         if wait is not None:
             wait(1.0)
+        if getattr(lit_api, "demand", None) is not None:
+            lit_api = FairShare(lit_api)
         return super().get_batch_requests(lit_api, request_queue, transport)
 
 
@@ -42,6 +63,9 @@ class GeneratorAPI(ls.LitAPI):
         self.state_dir = state_dir  # where workers report to the main process: the backends chosen, or why none loaded
         self.cpu_threads = cpu_threads  # torch intra-op threads when the device is the CPU
         self.stopping = mp.get_context("spawn").Event()  # set by the main process right before it stops the workers
+        # Images admitted and not yet answered, kept by the API process (Dispatcher), read by the workers (FairShare)
+        self.demand = mp.get_context("spawn").RawValue("q", 0)
+        self.num_workers = 1  # inference workers in all; the server sets it once it knows its devices
 
     def setup(self, device: str) -> None:
         from ganserve.export.backends import load_backend

@@ -6,6 +6,7 @@ Owns admission (a bounded queue: 503 + Retry-After when full) and the only code 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import math
 import os
@@ -32,15 +33,23 @@ class Dispatcher:
     `depth` counts images queued or on the device; a new request is refused (503) while depth >= max_queue.
     """
 
-    def __init__(self, server, api_path: str, max_queue: int, metrics: Metrics):
+    def __init__(self, server, api_path: str, max_queue: int, metrics: Metrics, depth=None):
         self.server = server  # the LitServer; its queues and response buffer are valid inside its API process
         self.api_path = api_path
         self.max_queue = max_queue
         self.metrics = metrics
-        self.depth = 0
+        self._depth = depth if depth is not None else ctypes.c_int64(0)  # shared memory, read by the workers
         self._done = deque(maxlen=512)  # completion times of recent images: the rate Retry-After is estimated from
         self._queue_pid = -1
         self._ids = itertools.count()  # request ids: unique within the API process, whose results queue is its own
+
+    @property
+    def depth(self) -> int:
+        return self._depth.value
+
+    @depth.setter
+    def depth(self, value: int) -> None:
+        self._depth.value = value
 
     def admit(self) -> None:
         if self.depth >= self.max_queue:

@@ -225,12 +225,13 @@ def build_server(opts: ServeOptions) -> GanServer:
         workers_per_device=opts.workers_per_device, timeout=opts.timeout_s, summary=summary,
     )
     metrics = Metrics()
-    dispatcher = Dispatcher(server, api.api_path, opts.max_queue, metrics)
+    api.num_workers = len(server.devices) * opts.workers_per_device
+    dispatcher = Dispatcher(server, api.api_path, opts.max_queue, metrics, depth=api.demand)
     metrics.track_queue_depth(lambda: dispatcher.depth)
     svc = Service(
         configs=configs, default_model=next(iter(models)), backend=backend,
         dispatcher=dispatcher, encoder=Encoder(opts.encode_threads), metrics=metrics, max_seeds=opts.max_seeds,
-        window=2 * opts.max_batch_size * len(server.devices) * opts.workers_per_device, server=server,
+        window=2 * opts.max_batch_size * api.num_workers, server=server,
     )
     install(server.app, svc, opts.api_key, opts.max_body_bytes)
     return server
