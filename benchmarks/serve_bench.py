@@ -60,8 +60,8 @@ NEAR_BEST = 0.05  # batch sizes this close to the best images/s count as equally
 
 
 def smallest_near_best(rates: dict[int, float]) -> int:
-    """The smallest batch size within NEAR_BEST of the highest images/s: as fast, and each batch waits less (with
-    two workers and 8 requests in flight, batches of 4 keep both busy where a batch of 8 would idle one)."""
+    """The smallest batch size within NEAR_BEST of the highest images/s: as fast, each batch waits less, and under
+    load requests stay queued for whichever worker finishes first instead of all riding on the workers at once."""
     top = max(rates.values())
     return min(size for size, rate in rates.items() if rate >= (1 - NEAR_BEST) * top)
 
