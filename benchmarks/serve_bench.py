@@ -56,14 +56,11 @@ def default_model() -> str:
 
 
 # -- 1. the in-process ceiling ---------------------------------------------------------------------------------
-NEAR_BEST = 0.05  # batch sizes this close to the best images/s count as equally fast
-
-
-def smallest_near_best(rates: dict[int, float]) -> int:
-    """The smallest batch size within NEAR_BEST of the highest images/s: as fast, each batch waits less, and under
-    load requests stay queued for whichever worker finishes first instead of all riding on the workers at once."""
-    top = max(rates.values())
-    return min(size for size, rate in rates.items() if rate >= (1 - NEAR_BEST) * top)
+def best_batch_size(rates: dict[int, float]) -> int:
+    """The batch size with the highest images/s (the smaller of a tie). The server takes it as its maximum: under
+    light load its batches stay smaller anyway, each worker taking only its fair share of the images in the server
+    (ganserve.serve.api.FairShare), so a large maximum costs no latency there."""
+    return max(rates, key=lambda size: (rates[size], -size))
 
 
 def measure_ceiling(model: str, backend: str, device: str, workers: int, cpu_threads: int, encode_threads: int,
@@ -564,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ceiling-seconds", type=float, default=3.0, help="per batch size and round")
     p.add_argument("--ceiling-rounds", type=int, default=2)
     p.add_argument("--max-batch-size", default="best",
-                   help="the server's: an integer, or best (default): the smallest batch size within 5%% of the "
-                        "ceiling's best, measured first")
+                   help="the server's: an integer, or best (default): the ceiling's fastest batch size, measured "
+                        "first")
     p.add_argument("--batch-timeout-ms", type=float, default=5.0, help="the server's (default: as `ganserve serve`)")
     p.add_argument("--workers", type=int, default=1,
                    help="inference processes: the server's --workers-per-device, the naive server's and the ceiling's")
@@ -607,9 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     before, ceiling_backend = ceiling_part(max(1, args.ceiling_rounds // 2))
     estimate = statistics.median(before[min(sizes)]["rates"])
     if args.max_batch_size == "best":
-        max_batch_size = smallest_near_best({size: statistics.median(before[size]["rates"]) for size in sizes})
-        say(f"the server's --max-batch-size: {max_batch_size}, the smallest batch size within "
-            f"{NEAR_BEST:.0%} of the best in-process")
+        max_batch_size = best_batch_size({size: statistics.median(before[size]["rates"]) for size in sizes})
+        say(f"the server's --max-batch-size: {max_batch_size}, the fastest batch size in-process")
     else:
         max_batch_size = int(args.max_batch_size)
     rows, described, profile = [], {}, ""
