@@ -524,7 +524,7 @@ def plot(rows: list[dict], ceiling: dict[int, dict], path: Path, title: str) -> 
     best = max(ceiling.values(), key=lambda c: c["images_per_s"])["images_per_s"]
     ax1.axhline(best, color="0.5", lw=1, ls=":", label=f"ceiling: best batch size ({best:.1f} img/s)")
     ax1.plot(sizes, [ceiling[s]["images_per_s"] for s in sizes], "k--", marker=".",
-             label="in-process at batch size = x (per process)")
+             label="in-process, every process at batch size x")
     ax2.plot(sizes, [ceiling[s]["batch_ms"] for s in sizes], "k--", marker=".",
              label="in-process, one batch of size x")
     for kind, label in (("batched", "ganserve serve (batched)"), ("naive", "naive server (no batching)")):
