@@ -93,12 +93,15 @@ def cmd_init(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from ganserve.devices import keep_freed_memory
     from ganserve.export.backends import load_backend
     from ganserve.imaging import encode, make_grid, to_pil
     from ganserve.models.latents import parse_seeds
     from ganserve.models.sampling import iter_batches, make_specs
 
     backend = load_backend(args.model, args.backend, args.device)
+    if backend.device.type == "cpu":
+        keep_freed_memory()  # the batches' buffers are reused instead of faulted in afresh (benchmarks/README.md)
     seeds = parse_seeds(args.seeds)
     specs = make_specs(
         backend.config, seeds, psi=args.psi, mix_seed=args.mix_seed, mix_layers=args.mix_layers,
