@@ -104,3 +104,22 @@ def test_best_batch_size_is_the_fastest_and_the_smaller_of_a_tie():
     assert serve_bench.best_batch_size({1: 100.0, 2: 190.0, 4: 228.0, 8: 238.0, 16: 231.0}) == 8
     assert serve_bench.best_batch_size({1: 100.0, 2: 150.0, 4: 240.0, 8: 240.0, 64: 200.0}) == 4
     assert serve_bench.best_batch_size({1: 50.0}) == 1
+
+
+@needs_locust
+@pytest.mark.slow
+def test_serve_ab_runs_two_checkouts_and_refuses_a_tree_that_is_not_one(model_dirs, tmp_path):
+    tree = str(BENCHMARKS.parent)
+    cmd = [sys.executable, str(BENCHMARKS / "serve_ab.py"), "--a", tree, "--b", tree, "--model", model_dirs["stylegan"],
+           "--workers", "1", "--concurrency", "2", "--duration", "1.5", "--warmup", "0.3", "--rounds", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| A") or
+            line.startswith("| B")}
+    assert set(rows) == {"A", "B"}
+    images_per_s = [float(rows[k].split("|")[2]) for k in ("A", "B")]
+    assert all(x > 0 for x in images_per_s)
+    assert "B / A images/s: " in out.stdout
+    # A folder without ganserve in it: the installed package would be served instead, so it is refused.
+    out = subprocess.run([*cmd[:3], str(tmp_path), *cmd[4:]], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "ganserve still comes from" in out.stderr

@@ -26,7 +26,9 @@ def free_port() -> int:
 class ServerProcess:
     """`ganserve serve MODELS FLAGS --host 127.0.0.1 --port PORT` in its own session (process group)."""
 
-    def __init__(self, models: list[str], *flags: str, port: int | None = None, log: str | Path | None = None):
+    def __init__(self, models: list[str], *flags: str, port: int | None = None, log: str | Path | None = None,
+                 env: dict[str, str] | None = None):
+        self.env = env  # the server's environment, if not this process's (e.g. PYTHONPATH for another checkout)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "ganserve.cli", "serve", *models, *flags, "--port", str(self.port)]
@@ -36,7 +38,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
