@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def test_serve_bench_measures_both_servers_and_writes_every_result(model_dirs, t
     cmd = [sys.executable, str(BENCHMARKS / "serve_bench.py"), "--model", model_dirs["stylegan"], "--backend", "torch",
            "--device", "cpu", "--concurrency", "1,2", "--duration", "1.5", "--warmup", "0.3",
            "--ceiling-batch-sizes", "1,4", "--ceiling-seconds", "0.2", "--ceiling-rounds", "2",
-           "--headline-concurrency", "2", "--out", str(tmp_path), "--name", "t"]
+           "--headline-concurrency", "2", "--paired-rounds", "1", "--out", str(tmp_path), "--name", "t"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1].startswith("headline: ceiling ")
@@ -73,7 +74,10 @@ def test_serve_bench_measures_both_servers_and_writes_every_result(model_dirs, t
         assert [r["batch_size"] for r in csv.DictReader(f)] == ["1", "4"]
     text = (tmp_path / "t.md").read_text()
     assert "**efficiency**" in text and "**batching gain**" in text and "**batching headroom**" in text
-    assert (tmp_path / "t.png").stat().st_size > 0 and (tmp_path / "t_machine.json").is_file()
+    assert "Paired rounds" in text and "efficiency from the sweep" in text
+    headline = json.loads((tmp_path / "t_machine.json").read_text())["headline"]
+    assert len(headline["paired"]) == 1 and headline["efficiency"] == headline["paired"][0]["ratio"] > 0
+    assert (tmp_path / "t.png").stat().st_size > 0
 
 
 def test_serve_bench_without_a_model_takes_the_default_bundled_one_or_says_how_to_make_one(tmp_path, monkeypatch):
@@ -95,7 +99,7 @@ def test_serve_bench_without_a_model_takes_the_default_bundled_one_or_says_how_t
         serve_bench.default_model()
 
 
-def test_best_batch_size_is_the_fastest_and_the_smaller_of_a_tie():
+def test_best_batch_size_is_the_fastest_up_to_the_limit_and_the_smaller_of_a_tie():
     sys.path.insert(0, str(BENCHMARKS))
     try:
         import serve_bench
@@ -104,6 +108,10 @@ def test_best_batch_size_is_the_fastest_and_the_smaller_of_a_tie():
     assert serve_bench.best_batch_size({1: 100.0, 2: 190.0, 4: 228.0, 8: 238.0, 16: 231.0}) == 8
     assert serve_bench.best_batch_size({1: 100.0, 2: 150.0, 4: 240.0, 8: 240.0, 64: 200.0}) == 4
     assert serve_bench.best_batch_size({1: 50.0}) == 1
+    rates = {1: 100.0, 2: 190.0, 4: 228.0, 8: 238.0, 16: 241.0, 32: 235.0}
+    assert serve_bench.best_batch_size(rates) == 16
+    assert serve_bench.best_batch_size(rates, limit=8) == 8  # a full batch queued per worker at the headline load
+    assert serve_bench.best_batch_size({4: 10.0, 8: 20.0}, limit=2) == 8  # nothing allowed: all sizes are
 
 
 @needs_locust
