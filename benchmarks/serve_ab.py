@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import serve_bench as sb  # beside this file
@@ -38,8 +37,7 @@ def start(tree: Path, model: str, flags: list[str], log: Path) -> ServerProcess:
         raise SystemExit(f"serve_ab: with PYTHONPATH={tree}, ganserve still comes from {found}")
     server = ServerProcess([model], *flags, log=log, env=env)
     server.start(300)
-    for seed in range(3):  # the first requests pay for lazy initialisation
-        urllib.request.urlopen(f"{server.url}/generate?seed={seed}", timeout=120).read()
+    sb.warm_up(server)
     return server
 
 

@@ -195,14 +195,19 @@ def start_servers(kinds: list[str], model: str, backend: str, device: str, worke
         if failed:
             raise failed[0]
         for server in servers.values():
-            for seed in range(3):  # the first requests pay for lazy initialisation
-                with urllib.request.urlopen(f"{server.url}/generate?seed={seed}", timeout=120) as r:
-                    r.read()
+            warm_up(server)
     except BaseException:
         for server in servers.values():
             server.kill()
         raise
     return servers
+
+
+def warm_up(server: ServerProcess) -> None:
+    """A few requests: the first ones pay for lazy initialisation."""
+    for seed in range(3):
+        with urllib.request.urlopen(f"{server.url}/generate?seed={seed}", timeout=120) as r:
+            r.read()
 
 
 def describe_server(kind: str, server: ServerProcess) -> str:
@@ -409,7 +414,7 @@ def measure_paired(server: ServerProcess, rounds: int, users: int, size: int, du
         out.append({"round": r + 1, "batch": size, "ceiling_images_per_s": ceiling, "server_images_per_s": served,
                     "ratio": served / ceiling if ceiling else 0.0})
         say(f"paired round {r + 1}/{rounds}: ceiling (batch {size}) {ceiling:.1f} img/s, server at c={users} "
-            f"{stats['images_per_s']:.1f} img/s: {out[-1]['ratio']:.2f}")
+            f"{served:.1f} img/s: {out[-1]['ratio']:.2f}")
     return out
 
 
@@ -636,28 +641,25 @@ def main(argv: list[str] | None = None) -> int:
     if 1 not in sizes:
         sizes.insert(0, 1)  # the headroom is relative to batch 1
 
-    def ceiling_part(rounds: int) -> tuple[dict, str]:
+    def ceiling_part(rounds: int, at: list[int] = sizes, seconds: float = args.ceiling_seconds) -> tuple[dict, str]:
         return measure_ceiling(str(model_dir), args.backend, str(device), args.workers, cpu_threads, encode_threads,
-                               sizes, args.ceiling_seconds, rounds, say)
+                               at, seconds, rounds, say)
 
-    def ceiling_part_at(size: int, seconds: float) -> float:
-        part = measure_ceiling(str(model_dir), args.backend, str(device), args.workers, cpu_threads, encode_threads,
-                               [size], seconds, 1, say)[0]
-        return part[size]["rates"][0]
-
-    paired: list[dict] = []
+    def ceiling_at(size: int, seconds: float) -> float:  # one round at one batch size: images/s
+        return ceiling_part(1, [size], seconds)[0][size]["rates"][0]
 
     # Half the ceiling's rounds before the servers and half after, so that a drift in the machine's load shows.
     before, ceiling_backend = ceiling_part(max(1, args.ceiling_rounds // 2))
     estimate = statistics.median(before[min(sizes)]["rates"])
+    before_rates = {size: statistics.median(before[size]["rates"]) for size in sizes}
     if args.max_batch_size == "best":
         limit = max(1, args.headline_concurrency // (2 * args.workers))
-        max_batch_size = best_batch_size({size: statistics.median(before[size]["rates"]) for size in sizes}, limit)
+        max_batch_size = best_batch_size(before_rates, limit)
         say(f"the server's --max-batch-size: {max_batch_size}, the fastest batch size in-process up to {limit} "
             f"(concurrency {args.headline_concurrency} / (2 x {args.workers} workers))")
     else:
         max_batch_size = int(args.max_batch_size)
-    rows, described, profile = [], {}, ""
+    rows, described, profile, paired = [], {}, "", []
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         workdir = Path(tmp)
         for kind in kinds:
@@ -673,9 +675,9 @@ def main(argv: list[str] | None = None) -> int:
             rows, profile = measure_servers(servers, levels, args.duration, args.warmup, estimate, args.max_requests,
                                             workdir, say, profile_at)
             if "batched" in servers and args.paired_rounds > 0:
-                best = max(sizes, key=lambda size: statistics.median(before[size]["rates"]))
-                paired = measure_paired(servers["batched"], args.paired_rounds, args.headline_concurrency, best,
-                                        args.duration, args.ceiling_seconds * 2, ceiling_part_at, workdir, say)
+                paired = measure_paired(servers["batched"], args.paired_rounds, args.headline_concurrency,
+                                        best_batch_size(before_rates), args.duration, args.ceiling_seconds * 2,
+                                        ceiling_at, workdir, say)
         finally:
             for server in servers.values():
                 try:
