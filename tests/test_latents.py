@@ -56,6 +56,8 @@ def test_parse_seeds_accepts_lists_and_ranges(spec, expected):
     ([1, -1], "got -1"),
     ([True], "got True"),
     ("0-999999999", "too many seeds"),
+    ("0\x1f", r"bad seed '0\\x1f'"),  # whitespace to str.strip and to re's \s, but not to int()
+    ("\u0663", "bad seed"),  # a digit to re's \d (ARABIC-INDIC THREE), but not a seed
 ])
 def test_parse_seeds_names_the_problem(spec, message):
     with pytest.raises(SpecError, match=message):
@@ -89,6 +91,7 @@ def test_parse_layers(spec, expected):
     ("bogus", 64, "bad mix_layers"),
     ("", 64, "empty"),
     ([1.5], 64, "integers"),
+    ("1\x1f,2", 64, "bad mix_layers"),
 ])
 def test_parse_layers_names_the_problem(spec, resolution, message):
     with pytest.raises(SpecError, match=message):

@@ -15,8 +15,8 @@ import torch
 MAX_SEED = 2**32 - 1
 PSI_MIN, PSI_MAX = -1.0, 2.0
 LAYER_PRESETS = ("coarse", "middle", "fine", "all")
-_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
-_INT = re.compile(r"^\s*(\d+)\s*$")
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$", re.ASCII)  # ASCII: \s and \d as int() reads them
+_INT = re.compile(r"^\s*(\d+)\s*$", re.ASCII)
 
 
 class SpecError(ValueError):
@@ -73,10 +73,11 @@ def parse_seeds(spec: str | int | Iterable[int], max_count: int | None = None) -
                 if max_count is not None and len(items) + b - a + 1 > max_count:
                     raise SpecError(f"too many seeds: at most {max_count} per request")
                 items.extend(range(a, b + 1))
-            elif _INT.match(part):
-                items.append(check_seed(int(part)))
+            elif m := _INT.match(part):
+                items.append(check_seed(int(m.group(1))))
             else:
-                raise SpecError(f"bad seed {part.strip()!r} in {spec!r}: use integers and ranges like '0-99,120'")
+                bad = part.strip(" \t\r\n")
+                raise SpecError(f"bad seed {bad!r} in {spec!r}: use integers and ranges like '0-99,120'")
     else:
         try:
             items = [check_seed(s) for s in spec]
@@ -155,8 +156,8 @@ def parse_layers(spec: str | Sequence[int], resolution: int) -> tuple[int, ...]:
                 if b < a:
                     raise SpecError(f"mix_layers range {part.strip()!r} runs backwards")
                 out.extend(range(a, b + 1))
-            elif _INT.match(part):
-                out.append(int(part))
+            elif m := _INT.match(part):
+                out.append(int(m.group(1)))
             else:
                 raise SpecError(
                     f"bad mix_layers {spec!r}: use {'/'.join(LAYER_PRESETS)}, a range 'a-b' or a list '0,1,4-5'"
