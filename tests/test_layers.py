@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ganserve.models.layers import (
     AdaIN,
@@ -70,6 +71,19 @@ def test_resampling_doubles_and_halves(mode):
     c = torch.full((1, 1, 8, 8), 0.5)
     torch.testing.assert_close(downsample(upsample(c, mode), mode), c)
 
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (4, 48, 32, 32), (2, 5, 3, 7)])
+def test_nearest_upsampling_is_interpolate_exactly_forward_and_backward(shape):
+    """The broadcast copy that replaces F.interpolate(mode="nearest") must not change a single bit: bundled
+    weights, seeds and exported graphs (which keep the Resize node) all assume the same numbers."""
+    x = torch.randn(shape, requires_grad=True)
+    y = upsample(x, "nearest")
+    reference = F.interpolate(x, scale_factor=2.0, mode="nearest")
+    assert torch.equal(y, reference)
+    g = torch.randn_like(y)
+    (grad,) = torch.autograd.grad(y, x, g)
+    (reference_grad,) = torch.autograd.grad(reference, x, g)
+    torch.testing.assert_close(grad, reference_grad, rtol=0, atol=1e-6)  # sums of the same four values
 
 def test_adain_sets_per_channel_statistics_from_w():
     adain = AdaIN(channels=5, w_dim=4)
