@@ -91,6 +91,17 @@ def test_get_returns_the_png_that_ganserve_generate_writes(http, model_dirs, tmp
     assert np.array_equal(pixels(r.content), np.asarray(Image.open(tmp_path / "seed0042.png")))
 
 
+def test_get_answers_alike_on_the_fast_path_and_through_fastapi(http):
+    """A plain GET /generate skips FastAPI (routes.FastGet); a parameter given twice is left to FastAPI, which takes
+    the last value. Both must give the same image and headers."""
+    fast = http.get("/generate", params={"seed": 7, "psi": 0.6})
+    slow = http.get("/generate?seed=7&psi=0.9&psi=0.6")
+    assert fast.status_code == slow.status_code == 200, (fast.text, slow.text)
+    assert fast.content == slow.content
+    for name in ("content-type", "content-length", "x-seed", "x-model"):
+        assert fast.headers[name] == slow.headers[name], name
+
+
 def test_64_concurrent_requests_share_batches_and_match_single_images(http, reference):
     seeds = list(range(100, 164))
     barrier = threading.Barrier(len(seeds))
