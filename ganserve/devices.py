@@ -6,6 +6,7 @@ Owns the one rule that turns a --device flag into a torch.device, and how a proc
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 import torch
@@ -28,6 +29,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}")
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def keep_freed_memory() -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ganserve.devices import cpu_cores
 from ganserve.serve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess, alive
 
@@ -144,12 +145,14 @@ def test_a_model_that_fails_to_load_stops_the_server_with_one_line_and_no_proces
 
 
 def test_a_worker_that_dies_stops_the_server_with_an_error_and_no_process_left(model_dirs, tmp_path):
+    """With the default worker count on the CPU (one per core, at most 4), one of them is killed."""
     server = ServerProcess([model_dirs["stylegan"]], "--backend", "torch", "--log-level", "warning",
                            log=tmp_path / "server.log").start()
     processes = server.descendants()
     workers = [p for p in processes if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-    assert len(workers) == 1
-    os.kill(workers[0], signal.SIGKILL)
+    assert len(workers) == min(4, cpu_cores())
+    assert httpx.get(f"{server.url}/health", timeout=10).json()["workers"] == len(workers)
+    os.kill(workers[-1], signal.SIGKILL)
     assert server.proc.wait(30) == 2
     assert "an inference worker died" in server.log().strip().splitlines()[-1]
     time.sleep(0.5)

@@ -5,13 +5,13 @@ Owns finding (or making) the ONNX export of a model, session options and provide
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ganserve.devices import cpu_cores
 from ganserve.export.artifacts import (
     ExportError,
     default_export_dir,
@@ -24,13 +24,6 @@ from ganserve.export.backends import Backend, BackendUnavailable
 from ganserve.export.onnx_export import EXPORTER_VERSION, MAPPING_FILE, SYNTHESIS_FILE, export_onnx
 from ganserve.imaging import to_uint8
 from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def find_onnx_export(model: Path, build: bool = True, progress=None) -> Path:

@@ -24,7 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if opts.api_key is None and os.environ.get("GANSERVE_API_KEY"):
         opts.api_key = os.environ["GANSERVE_API_KEY"]
     for name in ("max_batch_size", "devices", "workers_per_device", "max_queue", "max_seeds"):
-        if getattr(opts, name) < 1:
+        if getattr(opts, name) is not None and getattr(opts, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
     if opts.batch_timeout_ms < 0:
         raise CommandError("--batch-timeout-ms must not be negative")
@@ -76,14 +76,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-timeout-ms", type=float, default=5.0,
                    help="how long a batch waits to fill up to that share (default 5 ms)")
     p.add_argument("--devices", type=int, default=1, help="GPUs to use (default 1)")
-    p.add_argument("--workers-per-device", type=int, default=1, help="inference processes per device (default 1)")
+    p.add_argument("--workers-per-device", type=int,
+                   help="inference processes per device (default: 1 per GPU; on the CPU one per core, at most 4)")
     p.add_argument("--max-queue", type=int, default=512,
                    help="images queued or on the device before new requests get 503 (default 512)")
     p.add_argument("--max-seeds", type=int, default=1024, help="seeds per POST request; more is a 413 (default 1024)")
     p.add_argument("--api-key", help="require this key in X-API-Key (or set GANSERVE_API_KEY); /health stays open")
     p.add_argument("--encode-threads", type=int, help="PNG/JPEG/WebP encoding threads (default: cores, at most 8)")
     p.add_argument("--cpu-threads", type=int,
-                   help="torch threads per worker on CPU (default: the cores less one, shared among the workers)")
+                   help="torch threads per worker on CPU (default: the cores less one, shared among the workers, >= 1)")
     p.add_argument("--timeout-s", type=float, default=60.0, help="an image queued longer than this fails with 504")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import litserve as ls
+import torch
 from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 
-from ganserve.devices import resolve_device
+from ganserve.devices import cpu_cores, resolve_device
 from ganserve.models.weights import bundled_models, load_config, resolve_model
 from ganserve.serve.api import GeneratorAPI
 from ganserve.serve.dispatch import Dispatcher
@@ -52,13 +53,13 @@ class ServeOptions:
     max_batch_size: int = 32
     batch_timeout_ms: float = 5.0
     devices: int = 1
-    workers_per_device: int = 1
+    workers_per_device: int | None = None  # default: 1 per GPU; on the CPU one per core, at most 4
     max_queue: int = 512  # images queued or on the device before new requests get 503
     max_seeds: int = 1024  # per POST request; more is a 413
     max_body_bytes: int = 1 << 20
     api_key: str | None = None
     encode_threads: int | None = None
-    cpu_threads: int | None = None  # per worker on CPU; default: the cores less one, shared among the workers
+    cpu_threads: int | None = None  # per worker on CPU; default: the cores less one, shared among the workers (>= 1)
     timeout_s: float = 60.0  # an image that waited this long in the queue fails with 504
     log_level: str = "info"
 
@@ -196,6 +197,14 @@ class GanServer(ls.LitServer):
                 w.kill()
 
 
+def default_workers(device: torch.device) -> int:
+    """Inference processes per device unless --workers-per-device says otherwise. On the CPU one per core, at most
+    4, each with its share of the other cores as torch threads (one at least): a batch's many small operators scale
+    poorly across threads, and processes do not wait for each other (benchmarks/README.md has the measurements). On
+    a GPU one."""
+    return 1 if device.type == "cuda" else min(4, cpu_cores())
+
+
 def build_server(opts: ServeOptions) -> GanServer:
     models = named_models(opts.models)
     backend = resolve_backend(opts.backend)
@@ -213,7 +222,8 @@ def build_server(opts: ServeOptions) -> GanServer:
     summary = ", ".join(f"{n} ({c.arch} {c.resolution}x{c.resolution})" for n, c in configs.items())
     summary += f" on {device.type}"
     state_dir = Path(tempfile.mkdtemp(prefix="ganserve-serve-"))
-    cpu_threads = opts.cpu_threads or max(1, ((os.cpu_count() or 2) - 1) // opts.workers_per_device)
+    workers = opts.workers_per_device or default_workers(device)
+    cpu_threads = opts.cpu_threads or max(1, round((cpu_cores() - 1) / workers))
     api = GeneratorAPI(
         models, backend, state_dir, cpu_threads, max_batch_size=opts.max_batch_size,
         batch_timeout=opts.batch_timeout_ms / 1000,
@@ -222,10 +232,10 @@ def build_server(opts: ServeOptions) -> GanServer:
     devices = [device.index] if device.index is not None else opts.devices
     server = GanServer(
         api, opts=opts, state_dir=state_dir, accelerator=accelerator, devices=devices,
-        workers_per_device=opts.workers_per_device, timeout=opts.timeout_s, summary=summary,
+        workers_per_device=workers, timeout=opts.timeout_s, summary=summary,
     )
     metrics = Metrics()
-    api.num_workers = len(server.devices) * opts.workers_per_device
+    api.num_workers = len(server.devices) * workers
     dispatcher = Dispatcher(server, api.api_path, opts.max_queue, metrics, depth=api.demand)
     metrics.track_queue_depth(lambda: dispatcher.depth)
     svc = Service(
