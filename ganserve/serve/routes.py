@@ -159,8 +159,8 @@ class BodyLimitMiddleware:
 
 
 class FastGet:
-    """GET /generate without FastAPI's exception middleware, routing and parameter solving, which cost the HTTP
-    process about as much CPU per image as the rest of its work (benchmarks/README.md). The same validation
+    """GET /generate without FastAPI's exception middleware, routing and parameter solving, which took about a third
+    of the HTTP process's CPU per image (benchmarks/README.md). The same validation
     (GenerateQuery), the same Service.one_image and the same error handler; query parameters that do not validate
     (or one given twice) are left to FastAPI, so that its validation errors read exactly as before."""
 
