@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 
+from ganserve.devices import cpu_threads_per_worker
 from ganserve.export.backends import load_backend
 from ganserve.imaging import encode
 from ganserve.models.latents import MAX_SEED
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
-    cpu_threads = args.cpu_threads or max(1, ((os.cpu_count() or 2) - 1) // args.workers)
+    cpu_threads = args.cpu_threads or cpu_threads_per_worker(args.workers)
     options = dict(model=args.model, backend=args.backend, device=args.device, cpu_threads=cpu_threads,
                    threads=args.threads)
     if args.workers == 1:

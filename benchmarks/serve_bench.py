@@ -620,13 +620,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="file name stem (default serve_DEVICE)")
     args = p.parse_args(argv)
 
-    from ganserve.devices import resolve_device
+    from ganserve.devices import cpu_threads_per_worker, resolve_device
     from ganserve.serve.encoding import default_threads
 
     model = args.model or default_model()
     model_dir = resolve_model(model)
     device = resolve_device(args.device)
-    cpu_threads = args.cpu_threads or max(1, ((os.cpu_count() or 2) - 1) // args.workers)  # `ganserve serve`'s
+    cpu_threads = args.cpu_threads or cpu_threads_per_worker(args.workers)  # `ganserve serve`'s
     encode_threads = args.encode_threads or default_threads()
     levels = [int(c) for c in args.concurrency.split(",")]
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]

@@ -6,12 +6,15 @@ Owns the one rule that turns a --device flag into a torch.device, and how a proc
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
+from pathlib import Path
 
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD" in microseconds, or "max PERIOD"
 
 # glibc mallopt parameters, and what keep_freed_memory sets them to
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -31,12 +34,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}")
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on (its affinity mask: a container's share, not the host's count)."""
+def cpu_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: those of its affinity mask, or fewer where a cgroup (v2) CPU quota allows
+    less (a container with `--cpus 2` or a Kubernetes CPU limit sees every core of the host in its mask)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 CPU controller here, or a format we do not know
+        pass
+    return cores
+
+
+def cpu_threads_per_worker(workers: int) -> int:
+    """Torch threads for each of `workers` CPU inference processes: the cores less one (the HTTP process's),
+    shared out, rounded, at least one."""
+    return max(1, round((cpu_cores() - 1) / workers))
 
 
 def keep_freed_memory() -> bool:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from ganserve.devices import keep_freed_memory, resolve_device
+from ganserve.devices import cpu_cores, keep_freed_memory, resolve_device
 
 # Runs a few convolutions on a batch 20 times, as a generator would, and prints the page faults that caused.
 FAULTS = """
@@ -51,3 +52,15 @@ def test_keep_freed_memory_stops_the_page_faults_of_a_repeated_large_allocation(
 
 def test_keep_freed_memory_reports_whether_it_applied():
     assert keep_freed_memory() is sys.platform.startswith("linux")
+
+
+@pytest.mark.parametrize(("cpu_max", "limit"), [
+    ("200000 100000\n", 2), ("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None), ("junk", None),
+])
+def test_cpu_cores_honours_a_cgroup_cpu_quota(tmp_path, cpu_max, limit):
+    """A container limited to 2 CPUs still sees every core of its host in its affinity mask."""
+    mask = len(os.sched_getaffinity(0))
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    assert cpu_cores(path) == (mask if limit is None else min(mask, limit))
+    assert cpu_cores(tmp_path / "absent") == mask

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ganserve.devices import cpu_cores
 from ganserve.imaging import FORMATS, encode
 
 PNG_LEVEL = 1  # zlib level: 1 is several times faster than 6 for a few percent more bytes (see the README table)
@@ -24,7 +25,7 @@ def media_type(fmt: str) -> str:
 
 
 def default_threads() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
+    return max(1, min(8, cpu_cores()))
 
 
 class Encoder:

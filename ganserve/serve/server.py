@@ -23,7 +23,7 @@ import torch
 from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 
-from ganserve.devices import cpu_cores, resolve_device
+from ganserve.devices import cpu_cores, cpu_threads_per_worker, resolve_device
 from ganserve.models.weights import bundled_models, load_config, resolve_model
 from ganserve.serve.api import GeneratorAPI
 from ganserve.serve.dispatch import Dispatcher
@@ -223,7 +223,7 @@ def build_server(opts: ServeOptions) -> GanServer:
     summary += f" on {device.type}"
     state_dir = Path(tempfile.mkdtemp(prefix="ganserve-serve-"))
     workers = opts.workers_per_device or default_workers(device)
-    cpu_threads = opts.cpu_threads or max(1, round((cpu_cores() - 1) / workers))
+    cpu_threads = opts.cpu_threads or cpu_threads_per_worker(workers)
     api = GeneratorAPI(
         models, backend, state_dir, cpu_threads, max_batch_size=opts.max_batch_size,
         batch_timeout=opts.batch_timeout_ms / 1000,

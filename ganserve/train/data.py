@@ -7,7 +7,6 @@ pyramid, and the batches of each step as a pure function of (seed, images shown)
 from __future__ import annotations
 
 import io
-import os
 import threading
 import warnings
 import zipfile
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor
 
+from ganserve.devices import cpu_cores
 from ganserve.train.config import Phase
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
@@ -123,7 +123,7 @@ def load_images(
         except Exception as e:  # noqa: BLE001 - a broken file must never stop the run
             return f"{name} ({type(e).__name__})"
 
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or min(8, cpu_cores())
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(decode, sources))
     bad = [r for r in results if isinstance(r, str)]
