@@ -54,7 +54,10 @@ class OnnxRuntimeBackend(Backend):
     """ONNX Runtime sessions over the exported graphs; truncation and mixing run in torch between them.
 
     `model_dir` is a model directory (its MODEL_DIR/onnx export is used, made if needed unless build=False) or an
-    export folder. CPU sessions use one intra-op thread per core and every graph optimisation.
+    export folder. CPU sessions use every graph optimisation and one intra-op thread unless `threads` says more:
+    with more threads than images in a batch, ONNX Runtime splits a convolution's output among them and the pieces
+    round differently from whole images, so an image would depend on its batch. Parallelism on the CPU comes from
+    processes instead (ganserve serve runs a worker per core).
     """
 
     name = "onnxruntime"
@@ -89,7 +92,7 @@ class OnnxRuntimeBackend(Backend):
                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
         opts.graph_optimization_level = levels[optimization]
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = threads or cpu_cores()
+        opts.intra_op_num_threads = threads or (1 if device.type == "cpu" else cpu_cores())
         opts.inter_op_num_threads = 1
         self.threads = opts.intra_op_num_threads
         if device.type == "cuda":
@@ -161,8 +164,6 @@ class OnnxRuntimeBackend(Backend):
     # -- Backend -------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, inputs: BatchInputs) -> torch.Tensor:
-        if len(inputs) == 1:  # as run_eager: a batch of one takes other kernels; two equal rows keep it invariant
-            return self.run(inputs.repeat(2))[:1]
         images = self.synthesize(self.styles(inputs), batch_noise(inputs, self.const_noise, self.device))
         return to_uint8(images) if self.float_output else images
 

@@ -23,12 +23,29 @@ def assert_shape(x: torch.Tensor, shape: tuple[int | None, ...], name: str = "te
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Normalise each feature vector (dim 1) to unit average square (ProGAN section 4.2)."""
+    if x.ndim == 4 and torch.onnx.is_in_onnx_export():
+        # The channel mean as a 1x1 convolution: ONNX Runtime's ReduceMean over dim 1 sums in another order for a
+        # batch of one than for larger batches, its convolution does not.
+        c = x.shape[1]
+        mean = F.conv2d(x.square(), torch.full((1, c, 1, 1), 1.0 / c, dtype=x.dtype, device=x.device))
+        return x * torch.rsqrt(mean + eps)
     return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
 
 
-class PixelNorm(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pixel_norm(x)
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 0,
+           groups: int = 1) -> torch.Tensor:
+    """F.conv2d (stride 1), always through oneDNN for float32 on the CPU, so a sample's result is independent of the
+    batch it is in and of the thread count.
+
+    F.conv2d picks its CPU kernel by shape and threads: a 1x1 convolution (toRGB) runs on PyTorch's own im2col+GEMM
+    path below 16 images with one thread and on oneDNN otherwise, and any convolution of a single image runs on the
+    former; the two round differently. oneDNN alone gives the same bits at every batch size (1 included) and thread
+    count (tests/test_batch_invariance.py). ONNX export and other devices keep F.conv2d.
+    """
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()):
+        return torch.mkldnn_convolution(x, weight, bias, [padding, padding], [1, 1], [1, 1], groups)
+    return F.conv2d(x, weight, bias, padding=padding, groups=groups)
 
 
 class EqualizedLinear(nn.Module):
@@ -71,7 +88,7 @@ class EqualizedConv2d(nn.Module):
         self.padding = kernel_size // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.padding)
+        return conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.padding)
 
 
 class Blur(nn.Module):
@@ -85,7 +102,7 @@ class Blur(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        return F.conv2d(x, self.kernel.expand(c, 1, 3, 3), padding=1, groups=c)
+        return conv2d(x, self.kernel.expand(c, 1, 3, 3), padding=1, groups=c)
 
 
 def upsample(x: torch.Tensor, mode: str = "nearest") -> torch.Tensor:

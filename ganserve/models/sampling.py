@@ -162,10 +162,8 @@ def batch_noise(
 def run_eager(G, inputs: BatchInputs, device: torch.device | str = "cpu") -> torch.Tensor:
     """Run a ProgressiveGenerator on one batch -> [N, H, W, C] uint8 on `device`.
 
-    Batch-invariant on CPU: a batch of one is run as two identical rows, because convolution libraries take a
-    different code path (with different rounding) for a single image; every other size agrees bit for bit.
+    On the CPU each image's bits are independent of the batch and the thread count: dense layers are one product per
+    sample (layers.EqualizedLinear) and convolutions always run on oneDNN (layers.conv2d).
     """
-    if len(inputs) == 1:
-        return run_eager(G, inputs.repeat(2), device)[:1]
     ws = batch_styles(G.mapping, G.w_avg, inputs, device)
     return to_uint8(G.synthesis(ws, batch_noise(inputs, G.const_noise(), device)))
