@@ -43,8 +43,8 @@ class CompileBackend(TorchBackend):
     """torch.compile of synthesis + uint8 conversion; mapping, truncation and mixing run eagerly (they are tiny).
 
     CPU: one graph with a dynamic batch axis (compiled on first use, about half a minute); a batch of one runs as
-    two rows (a graph specialised for one row would be compiled again). CUDA: mode "reduce-overhead" (CUDA graphs) over the fixed BUCKETS, each batch padded
-    up to its bucket, so at most len(BUCKETS) graphs are captured.
+    two rows (a graph specialised for one row would be compiled again). CUDA: mode "reduce-overhead" (CUDA graphs)
+    over the fixed BUCKETS, each batch padded up to its bucket, so at most len(BUCKETS) graphs are captured.
     """
 
     name = "compile"

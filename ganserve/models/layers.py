@@ -13,6 +13,7 @@ from torch import nn
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
+ONEDNN = torch.backends.mkldnn.is_available()
 
 
 def assert_shape(x: torch.Tensor, shape: tuple[int | None, ...], name: str = "tensor") -> None:
@@ -34,17 +35,24 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 0,
            groups: int = 1) -> torch.Tensor:
-    """F.conv2d (stride 1), always through oneDNN for float32 on the CPU, so a sample's result is independent of the
-    batch it is in and of the thread count.
+    """F.conv2d (stride 1) computed, for float32 on the CPU, so that an image's result does not depend on the batch
+    it is in or on the thread count.
 
-    F.conv2d picks its CPU kernel by shape and threads: a 1x1 convolution (toRGB) runs on PyTorch's own im2col+GEMM
-    path below 16 images with one thread and on oneDNN otherwise, and any convolution of a single image runs on the
-    former; the two round differently. oneDNN alone gives the same bits at every batch size (1 included) and thread
-    count (tests/test_batch_invariance.py). ONNX export and other devices keep F.conv2d.
+    F.conv2d picks its CPU kernel by shape and threads: a 1x1 convolution (toRGB) runs on PyTorch's own GEMM path
+    below 16 images with one thread and on oneDNN otherwise, and any convolution of a single image runs on the
+    former; the two round differently. Here a 1x1 convolution is one [out, in] x [in, H*W] product per image (as
+    fast as PyTorch's path; oneDNN is 3-10x slower on 3 output channels) and every other convolution runs on oneDNN;
+    both give the same bits at every batch size, 1 included, and thread count (tests/test_same_pixels.py). ONNX
+    export, torch.compile and other devices keep F.conv2d.
     """
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()):
-        return torch.mkldnn_convolution(x, weight, bias, [padding, padding], [1, 1], [1, 1], groups)
+    if (not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export() and x.device.type == "cpu"
+            and x.dtype == torch.float32):
+        if weight.shape[-2:] == (1, 1) and groups == 1 and padding == 0:
+            n, c, h, w = x.shape
+            y = torch.bmm(weight.reshape(-1, c).expand(n, -1, -1), x.reshape(n, c, h * w)).view(n, -1, h, w)
+            return y if bias is None else y + bias.view(1, -1, 1, 1)
+        if ONEDNN:
+            return torch.mkldnn_convolution(x, weight, bias, [padding, padding], [1, 1], [1, 1], groups)
     return F.conv2d(x, weight, bias, padding=padding, groups=groups)
 
 
