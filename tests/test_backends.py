@@ -195,7 +195,7 @@ def test_auto_on_cuda_takes_the_first_ready_backend_and_never_builds_one(model_d
 
     assert AUTO_ORDER["cuda"] == ("tensorrt", "onnxruntime", "torch")
     model = tmp_path / "model"
-    shutil.copytree(model_dirs["progan"], model)
+    shutil.copytree(model_dirs["progan"], model, ignore=shutil.ignore_patterns("onnx*", "tensorrt"))  # weights only
     before = sorted(p.name for p in model.iterdir())
     backend = load_backend(model, "auto", "cuda")
     assert backend.name == "torch" and backend.device.type == "cuda" and backend.precision == "fp16"
@@ -211,7 +211,7 @@ def test_auto_on_cuda_takes_a_ready_onnx_export_over_torch(model_dirs, tmp_path)
     import shutil
 
     model = tmp_path / "model"
-    shutil.copytree(model_dirs["progan"], model)
+    shutil.copytree(model_dirs["progan"], model, ignore=shutil.ignore_patterns("onnx*", "tensorrt"))  # weights only
     load_backend(model, "onnxruntime", "cpu")  # named explicitly: exports next to the model (fp32, any device)
     backend = load_backend(model, "auto", "cuda")
     assert backend.name == "onnxruntime" and backend.device.type == "cuda"
