@@ -1,8 +1,11 @@
-# Shortcuts for the commands in README.md; each target is one of its lines.
-.PHONY: test serve figures bench-backends bench-serve
+# Shortcuts for the commands in README.md; each target is one of its lines (ci: .ci/run, which the README names).
+.PHONY: test ci serve figures bench-backends bench-serve
 
-test:  # what CI runs (.ci/run)
+test:  # the test command
 	pip install torch==2.13.0 && pip install -e '.[dev]' && ruff check . && python -m pytest
+
+ci:  # what CI runs: Chromium for the browser test when it can be installed, then the test command
+	.ci/run
 
 serve:  # the bundled StyleGAN on http://127.0.0.1:8000
 	ganserve serve

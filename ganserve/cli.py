@@ -15,6 +15,10 @@ import torch
 
 from ganserve.models.config import ARCHS, ModelConfig
 from ganserve.models.latents import SpecError
+from ganserve.models.weights import DEFAULT_MODEL
+
+# The help of --model where it may be left out (generate, eval, export): the model `ganserve serve` serves by default.
+MODEL_DEFAULT_HELP = f"(default: the bundled {DEFAULT_MODEL}, as for `ganserve serve`)"
 
 # Subcommands that live with their package: each module has register(subparsers) adding its commands.
 _SUBCOMMAND_MODULES = ("ganserve.train.cli", "ganserve.export.cli", "ganserve.serve.cli")
@@ -23,6 +27,18 @@ _SUBCOMMAND_MODULES = ("ganserve.train.cli", "ganserve.export.cli", "ganserve.se
 class CLIError(ValueError):
     """An error for the user: printed as one line, exit status 2. (A ValueError, so it is caught even when this
     module runs as __main__ and the subcommand modules import a second copy of it.)"""
+
+
+def default_model() -> Path:
+    """The bundled default model's directory: what `generate`, `eval` and `export` use when --model is left out,
+    and what `ganserve serve` serves first when given no model."""
+    from ganserve.models.weights import bundled_models
+
+    zoo = bundled_models()
+    if not zoo:
+        raise CLIError("no --model given and this installation bundles no model: pass a model directory, e.g. "
+                       "`ganserve init --arch stylegan --resolution 64 --out m64` and then --model m64")
+    return next(iter(zoo.values()))  # DEFAULT_MODEL when it is installed
 
 
 def _config_from_args(args: argparse.Namespace) -> ModelConfig:
@@ -99,7 +115,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from ganserve.models.latents import parse_seeds
     from ganserve.models.sampling import iter_batches, make_specs
 
-    backend = load_backend(args.model, args.backend, args.device)
+    backend = load_backend(args.model or default_model(), args.backend, args.device)
     if backend.device.type == "cpu":
         keep_freed_memory()  # the batches' buffers are reused instead of faulted in afresh (benchmarks/README.md)
     seeds = parse_seeds(args.seeds)
@@ -148,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("generate", help="write images for a list of seeds")
-    p.add_argument("--model", required=True, help="model directory or bundled model name")
+    p.add_argument("--model", help=f"model directory or bundled model name {MODEL_DEFAULT_HELP}")
     p.add_argument("--seeds", required=True, help="e.g. 42, 0-15 or 1,2,5-10")
     p.add_argument("--psi", type=float, default=1.0, help="truncation psi in [-1, 2] (1 = none)")
     p.add_argument("--truncation-cutoff", type=int, help="truncate only ws layers below this index (default all)")

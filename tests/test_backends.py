@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ganserve.export.backends import BACKENDS, BackendUnavailable, TorchBackend, load_backend
+from ganserve.export.backends import AUTO_ORDER, BACKENDS, BackendUnavailable, TorchBackend, load_backend
 from ganserve.export.compiled import BUCKETS, bucket_for, pad_rows
 from ganserve.models.sampling import make_specs
 
@@ -164,9 +164,8 @@ def test_onnxruntime_cuda_provider_with_io_binding_matches_eager(model_dirs):
 @needs_cuda
 @pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is None,
                     reason="torch-tensorrt is not installed (pip install 'ganserve[tensorrt]')")
-def test_tensorrt_fp16_engines_match_eager_and_are_cached(model_dirs, tmp_path):
+def test_tensorrt_fp16_engines_match_eager_and_are_cached(model_dirs, tmp_path, capfd):
     import shutil
-    import time
 
     model = tmp_path / "model"
     shutil.copytree(model_dirs["stylegan"], model)
@@ -178,17 +177,44 @@ def test_tensorrt_fp16_engines_match_eager_and_are_cached(model_dirs, tmp_path):
     got, want = backend.generate(specs), eager.generate(specs)
     assert got.shape == want.shape
     assert np.abs(got.astype(int) - want).mean() < 2.0
-    start = time.perf_counter()
-    again = load_backend(model, "tensorrt", "cuda")  # the cached engines: no rebuild
-    assert time.perf_counter() - start < 30 and again.export_dir == backend.export_dir
+    files = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in backend.export_dir.iterdir()}
+    assert {"mapping.engine", "synthesis.engine", "manifest.json"} <= set(files)
+    capfd.readouterr()
+    again = load_backend(model, "tensorrt", "cuda")  # the cached engines: loaded as they are, not rebuilt
+    assert again.export_dir == backend.export_dir
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in again.export_dir.iterdir()} == files
+    assert "building engines" not in capfd.readouterr().err
     assert np.array_equal(again.generate(specs[:5]), got[:5])
 
 
 @needs_cuda
-def test_auto_on_cuda_picks_a_gpu_backend(model_dirs, tmp_path):
+def test_auto_on_cuda_takes_the_first_ready_backend_and_never_builds_one(model_dirs, tmp_path):
+    """On CUDA `auto` tries tensorrt, then onnxruntime, then torch, and builds nothing: with no export next to the
+    model that is eager torch (fp16) on the GPU, and the model directory is left as it was."""
+    import shutil
+
+    assert AUTO_ORDER["cuda"] == ("tensorrt", "onnxruntime", "torch")
+    model = tmp_path / "model"
+    shutil.copytree(model_dirs["progan"], model, ignore=shutil.ignore_patterns("onnx*", "tensorrt"))  # weights only
+    before = sorted(p.name for p in model.iterdir())
+    backend = load_backend(model, "auto", "cuda")
+    assert backend.name == "torch" and backend.device.type == "cuda" and backend.precision == "fp16"
+    assert [reason.split(":")[0] for reason in backend.auto_skipped] == ["tensorrt", "onnxruntime"]
+    assert sorted(p.name for p in model.iterdir()) == before  # no onnx/ or tensorrt/ folder made
+
+
+@needs_cuda
+@pytest.mark.skipif(not _ort_has_cuda(), reason="onnxruntime here has no CUDAExecutionProvider (onnxruntime-gpu)")
+def test_auto_on_cuda_takes_a_ready_onnx_export_over_torch(model_dirs, tmp_path):
+    """With an ONNX export present (and no TensorRT engines), auto runs it on ONNX Runtime's CUDA provider; it still
+    builds no TensorRT engines."""
     import shutil
 
     model = tmp_path / "model"
-    shutil.copytree(model_dirs["progan"], model)
+    shutil.copytree(model_dirs["progan"], model, ignore=shutil.ignore_patterns("onnx*", "tensorrt"))  # weights only
+    load_backend(model, "onnxruntime", "cpu")  # named explicitly: exports next to the model (fp32, any device)
     backend = load_backend(model, "auto", "cuda")
-    assert backend.device.type == "cuda" and backend.name in ("tensorrt", "onnxruntime", "compile")
+    assert backend.name == "onnxruntime" and backend.device.type == "cuda"
+    assert backend.synthesis.get_providers()[0] == "CUDAExecutionProvider"
+    assert [reason.split(":")[0] for reason in backend.auto_skipped] == ["tensorrt"]
+    assert not (model / "tensorrt").exists()

@@ -119,7 +119,8 @@ def test_best_batch_size_is_the_fastest_up_to_the_limit_and_the_smaller_of_a_tie
 def test_serve_ab_runs_two_checkouts_and_refuses_a_tree_that_is_not_one(model_dirs, tmp_path):
     tree = str(BENCHMARKS.parent)
     cmd = [sys.executable, str(BENCHMARKS / "serve_ab.py"), "--a", tree, "--b", tree, "--model", model_dirs["stylegan"],
-           "--workers", "1", "--concurrency", "2", "--duration", "1.5", "--warmup", "0.3", "--rounds", "1"]
+           "--workers", "1", "--concurrency", "2", "--duration", "1.5", "--warmup", "0.3", "--rounds", "1",
+           "--", "--device", "cpu"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| A") or

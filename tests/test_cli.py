@@ -1,5 +1,6 @@
 """The `ganserve` console script, run as a user would (a real subprocess)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -8,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from ganserve.models.weights import DEFAULT_MODEL, resolve_model, weights_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,8 +45,9 @@ def test_init_info_generate_round_trip(tmp_path):
     assert again.returncode == 2 and "--force" in again.stderr
 
     out = tmp_path / "out"
+    # on the CPU, where batch invariance holds bit for bit (a GPU would run fp16 kernels chosen per batch size)
     ganserve("generate", "--model", str(model), "--seeds", "0-5", "--batch-size", "4", "--outdir", str(out),
-             "--grid", str(out / "grid.png"), "--psi", "0.7", "--quiet")
+             "--grid", str(out / "grid.png"), "--psi", "0.7", "--device", "cpu", "--quiet")
     names = sorted(p.name for p in out.iterdir())
     assert names == ["grid.png"] + [f"seed{s:04d}.png" for s in range(6)]
     img = np.asarray(Image.open(out / "seed0003.png"))
@@ -54,7 +58,8 @@ def test_init_info_generate_round_trip(tmp_path):
 
     # one seed at a time, in another process, gives the same pixels
     single = tmp_path / "single"
-    ganserve("generate", "--model", str(model), "--seeds", "3", "--outdir", str(single), "--psi", "0.7", "--quiet")
+    ganserve("generate", "--model", str(model), "--seeds", "3", "--outdir", str(single), "--psi", "0.7",
+             "--device", "cpu", "--quiet")
     assert np.array_equal(np.asarray(Image.open(single / "seed0003.png")), img)
 
 
@@ -88,4 +93,65 @@ def test_readme_test_command_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert f"\n{ci}\n" in readme
-    assert "pip install torch==2.13.0 &&" in ci  # the CPU build first, so no CUDA wheels are pulled
+    assert ci.startswith("pip install torch==2.13.0 && ")  # torch pinned first, before the project's dependencies
+
+
+# -- the bundled default model: generate, eval and export take it when --model is left out, as serve does ----------
+def _zoo_files() -> set[Path]:
+    return set((ROOT / "ganserve" / "zoo").rglob("*")) if (ROOT / "ganserve" / "zoo").is_dir() else set()
+
+
+@pytest.mark.parametrize("command", ["generate", "eval", "export"])
+def test_model_is_optional_and_its_help_names_the_default(command):
+    help_text = " ".join(ganserve(command, "--help").stdout.split())
+    assert "[--model MODEL]" in help_text  # optional in the usage line
+    assert f"(default: the bundled {DEFAULT_MODEL}, as for `ganserve serve`)" in help_text
+
+
+def test_generate_without_a_model_writes_the_bundled_default_models_images(tmp_path):
+    flags = ["--seeds", "0-1", "--device", "cpu", "--backend", "torch", "--quiet"]
+    ganserve("generate", *flags, "--outdir", str(tmp_path / "default"))
+    ganserve("generate", *flags, "--model", DEFAULT_MODEL, "--outdir", str(tmp_path / "named"))
+    names = sorted(p.name for p in (tmp_path / "default").iterdir())
+    assert names == ["seed0000.png", "seed0001.png"]
+    for name in names:
+        got = np.asarray(Image.open(tmp_path / "default" / name))
+        assert got.shape == (64, 64, 3) and np.array_equal(got, np.asarray(Image.open(tmp_path / "named" / name)))
+
+
+@pytest.mark.slow
+def test_eval_without_a_model_scores_the_bundled_default_and_still_needs_data(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    flags = ["--data", str(data), "--num", "8", "--batch-size", "8", "--device", "cpu", "--json"]
+    default = json.loads(ganserve("eval", *flags).stdout)
+    assert default == json.loads(ganserve("eval", *flags, "--model", DEFAULT_MODEL).stdout)
+    assert default["num"] == 8 and default["fake"]["avg"] > 0
+    proc = ganserve("eval", "--num", "8", check=False)
+    assert proc.returncode == 2 and "--data" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_export_without_a_model_exports_the_bundled_default_and_writes_only_where_told(tmp_path):
+    """Without --out the export would go next to the bundled model, inside the package: this one goes to --out."""
+    before = _zoo_files()
+    out = tmp_path / "export"
+    proc = ganserve("export", "--max-batch", "2", "--out", str(out), "--quiet")
+    assert proc.stdout.strip() == str(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["weights_sha256"] == weights_sha256(resolve_model(DEFAULT_MODEL))
+    assert _zoo_files() == before
+
+
+def test_without_a_model_and_no_bundled_one_generate_says_what_to_do(tmp_path, monkeypatch, capsys):
+    import ganserve.models.weights as weights
+    from ganserve.cli import main
+
+    monkeypatch.setattr(weights, "ZOO_DIR", tmp_path / "no-zoo")  # an installation without bundled models
+    assert main(["generate", "--seeds", "1", "--outdir", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bundles no model" in err and "ganserve init" in err
+    assert not (tmp_path / "out").exists()

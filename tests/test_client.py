@@ -19,7 +19,7 @@ from ganserve.serve.process import ServerProcess
 
 @pytest.fixture(scope="module")
 def server(model_dirs, tmp_path_factory):
-    flags = ["--backend", "torch", "--max-batch-size", "8", "--log-level", "warning"]
+    flags = ["--backend", "torch", "--device", "cpu", "--max-batch-size", "8", "--log-level", "warning"]
     with ServerProcess([f"faces={model_dirs['stylegan']}"], *flags, log=tmp_path_factory.mktemp("c") / "s.log") as s:
         yield s
 

@@ -42,8 +42,8 @@ def big_model(tmp_path_factory) -> str:
 def server(model_dirs, big_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
     models = [f"sg={model_dirs['stylegan']}", f"pg={model_dirs['progan']}", f"big={big_model}"]
-    flags = ["--backend", "torch", "--max-batch-size", "16", "--batch-timeout-ms", "20", "--max-seeds", "200",
-             "--log-level", "warning"]
+    flags = ["--backend", "torch", "--device", "cpu", "--max-batch-size", "16", "--batch-timeout-ms", "20",
+             "--max-seeds", "200", "--log-level", "warning"]
     with ServerProcess(models, *flags, log=log) as s:
         yield s
 

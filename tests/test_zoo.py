@@ -52,7 +52,8 @@ def test_bundled_models_draw_on_a_light_background_unlike_an_untrained_model(nam
 
 
 def test_serve_with_no_model_serves_the_bundled_stylegan(tmp_path):
-    with ServerProcess([], "--backend", "torch", "--log-level", "warning", log=tmp_path / "server.log") as server:
+    flags = ["--backend", "torch", "--device", "cpu", "--log-level", "warning"]
+    with ServerProcess([], *flags, log=tmp_path / "server.log") as server:
         with httpx.Client(base_url=server.url, timeout=60) as http:
             models = http.get("/models").json()
             r = http.get("/generate", params={"seed": 42})

@@ -6,20 +6,23 @@ Owns the export flags and their one-line errors; the work is in onnx_export.py a
 from __future__ import annotations
 
 import argparse
+import errno
 
+from ganserve.cli import MODEL_DEFAULT_HELP
 from ganserve.export.onnx_export import DEFAULT_MAX_BATCH, DEFAULT_OPSET
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     # Errors are raised as ValueError: the CLI prints those as one line with exit status 2 (also when it runs as
     # `python -m ganserve.cli`, where its CLIError class is another object than ganserve.cli.CLIError).
+    from ganserve.cli import default_model
     from ganserve.export.artifacts import ExportError
     from ganserve.export.backends import BackendUnavailable
     from ganserve.models.weights import resolve_model
 
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
-    model = resolve_model(args.model)
+    model = resolve_model(args.model) if args.model else default_model()
     progress = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     try:
         if args.format == "onnx":
@@ -34,13 +37,18 @@ def cmd_export(args: argparse.Namespace) -> None:
             out = export_tensorrt(model, args.out, args.max_batch, args.fp16, device, progress=progress)
     except (ExportError, BackendUnavailable) as e:
         raise ValueError(str(e).splitlines()[0]) from None
+    except OSError as e:  # e.g. the default folder inside the bundled model of a read-only installation
+        message = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e).splitlines()[0]
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            message += "; write the export elsewhere with --out DIR"
+        raise ValueError(message) from None
     if args.quiet:
         print(out)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a model to ONNX or TensorRT (artifacts + manifest.json)")
-    p.add_argument("--model", required=True, help="model directory or bundled model name")
+    p.add_argument("--model", help=f"model directory or bundled model name {MODEL_DEFAULT_HELP}")
     p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
     p.add_argument("--fp16", action="store_true",
                    help="float16 synthesis weights (for GPUs; the ONNX CPU provider needs fp32)")

@@ -11,6 +11,7 @@ import json
 import warnings
 from pathlib import Path
 
+from ganserve.cli import MODEL_DEFAULT_HELP
 from ganserve.models.config import ARCHS
 from ganserve.train.config import LOSSES, RESUME_OVERRIDABLE, TrainConfig, parse_batch_sizes
 
@@ -100,6 +101,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from ganserve.cli import default_model
     from ganserve.devices import resolve_device
     from ganserve.models.weights import load_model, resolve_model
     from ganserve.train.checkpoint import CHECKPOINT_DIR, list_checkpoints
@@ -118,7 +120,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     if not Path(args.data).exists():
         raise ValueError(f"{args.data}: no such file or directory")
-    target = Path(args.model)
+    target = Path(args.model) if args.model else default_model()
     if target.suffix == ".pt" or (target / CHECKPOINT_DIR).is_dir():  # a training checkpoint, or a whole run's
         checkpoints = [target] if target.suffix == ".pt" else list_checkpoints(target)
         if not checkpoints or not checkpoints[0].is_file():
@@ -137,7 +139,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if args.json:
             print(json.dumps(rows))
         return
-    G = load_model(resolve_model(args.model), device)
+    G = load_model(resolve_model(args.model) if args.model else target, device)
     cfg = G.config
     reals = load_images(args.data, cfg.resolution, cfg.img_channels, args.background, min_images=2)
     result = evaluate_swd(G, reals, args.num, args.batch_size, args.seed, device)
@@ -158,9 +160,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="SWD of a model against a data set, next to the real-vs-real floor")
-    p.add_argument("--model", required=True,
-                   help="model directory or bundled model name; or a training checkpoint (.pt), or a run directory "
-                        "to score each of its checkpoints (images of a network still growing are upsampled)")
+    p.add_argument("--model",
+                   help=f"model directory or bundled model name {MODEL_DEFAULT_HELP}; or a training checkpoint "
+                        "(.pt), or a run directory to score each of its checkpoints (images of a network still "
+                        "growing are upsampled)")
     p.add_argument("--data", required=True, help="folder or zip of real images")
     p.add_argument("--num", type=int, default=10000, help="images per set (capped at half the data set)")
     p.add_argument("--batch-size", type=int, default=64)
