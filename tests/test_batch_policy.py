@@ -27,9 +27,10 @@ def test_the_fair_share_is_ceil_images_over_workers_between_one_and_the_maximum(
 
 @pytest.mark.slow
 def test_a_lone_request_does_not_wait_out_the_batch_window(model_dirs, tmp_path):
-    """With a 3 s window a lone image would wait 3 s for company; its share of the server is one image, so it
-    starts at once."""
-    flags = ["--backend", "torch", "--max-batch-size", "8", "--batch-timeout-ms", "3000", "--log-level", "warning"]
+    """With a 30 s window a lone image would wait 30 s for company; its share of the server is one image, so it
+    starts at once. (The window is long enough that no machine is slow enough to confuse the two.)"""
+    flags = ["--backend", "torch", "--device", "cpu", "--max-batch-size", "8", "--batch-timeout-ms", "30000",
+             "--timeout-s", "120", "--log-level", "warning"]
     with ServerProcess([f"sg={model_dirs['stylegan']}"], *flags, log=tmp_path / "server.log") as server:
         with httpx.Client(base_url=server.url, timeout=60) as http:
             for seed in range(3):
@@ -38,4 +39,4 @@ def test_a_lone_request_does_not_wait_out_the_batch_window(model_dirs, tmp_path)
             metrics = http.get("/metrics").text
     waited = float(re.search(r"ganserve_queue_seconds_sum (\S+)", metrics).group(1))
     count = float(re.search(r"ganserve_queue_seconds_count (\S+)", metrics).group(1))
-    assert count == 3 and waited < 1.5, f"3 lone images waited {waited:.2f} s in all before their batches started"
+    assert count == 3 and waited < 30, f"3 lone images waited {waited:.2f} s in all before their batches started"
