@@ -64,6 +64,31 @@ def test_encode_rejects_what_it_cannot_write(bad):
         encode(bad, "png")
 
 
+def _smooth_image(size: int, noise: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour fields with a little noise, as generators make."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize((size, size), Image.Resampling.BILINEAR)).astype(int)
+    return np.clip(smooth + rng.integers(-noise, noise + 1, smooth.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size, noise", [(64, 0), (64, 3), (256, 3)])
+def test_jpeg_and_webp_are_smaller_encodings_of_the_same_pixels(size, noise):
+    """What `format=jpeg|webp` promises: fewer bytes than the PNG, decoding to nearly the PNG's pixels."""
+    pixels = _smooth_image(size, noise)
+    other = _smooth_image(size, noise, seed=1)
+    png = encode(pixels, "png")
+    for fmt in ("jpeg", "webp"):
+        data = encode(pixels, fmt)
+        decoded = Image.open(io.BytesIO(data))
+        assert decoded.format == fmt.upper() and decoded.size == (size, size)
+        decoded = np.asarray(decoded.convert("RGB")).astype(int)
+        error = np.abs(decoded - pixels).mean()
+        assert error < 6, f"{fmt} {size}x{size}: mean abs difference {error:.1f} from the PNG's pixels"
+        assert error < np.abs(decoded - other).mean() / 5, f"{fmt}: not recognisably the same image"
+        assert len(data) < len(png), f"{fmt} {size}x{size}: {len(data)} bytes, the PNG {len(png)}"
+
+
 def test_jpeg_and_webp_still_go_through_pillow():
     pixels = np.full((16, 16, 3), 200, np.uint8)
     assert encode(pixels, "jpeg")[:2] == b"\xff\xd8"
