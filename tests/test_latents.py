@@ -132,3 +132,25 @@ def test_random_noise_is_reproducible_per_seed_and_distinct_from_z():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(noise_for_seed(6, [4])[0], a[0])
     assert not np.allclose(a[0].ravel(), seed_to_z(5, 16))
+
+
+def test_each_spec_error_names_the_request_field_it_concerns():
+    from conftest import tiny_config
+
+    from ganserve.models.sampling import make_spec
+
+    config = tiny_config("stylegan")
+    cases = [
+        (lambda: check_psi(5), "psi"),
+        (lambda: parse_seeds("3-1"), "seeds"),
+        (lambda: parse_layers("9-1", 16), "mix_layers"),
+        (lambda: make_spec(config, 1, noise="loud"), "noise"),
+        (lambda: make_spec(config, 1, mix_layers="coarse"), "mix_seed"),
+        (lambda: make_spec(config, 1, truncation_cutoff=99), "truncation_cutoff"),
+        (lambda: make_spec(config, 1, mix_seed=-1), "mix_seed"),
+        (lambda: make_spec(config, 2**32), "seed"),
+    ]
+    for call, field in cases:
+        with pytest.raises(SpecError) as e:
+            call()
+        assert e.value.field == field, (field, str(e.value))

@@ -20,7 +20,12 @@ _INT = re.compile(r"^\s*(\d+)\s*$", re.ASCII)
 
 
 class SpecError(ValueError):
-    """A seed list, layer spec or latent parameter that cannot be used; the message names the problem."""
+    """A seed list, layer spec or latent parameter that cannot be used; the message names the problem and `field`
+    the request parameter it concerns (when known)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 # -- seeds ---------------------------------------------------------------------------------------------------
@@ -30,10 +35,10 @@ def check_seed(seed: object, name: str = "seed") -> int:
         if isinstance(seed, str) and _INT.match(seed):
             seed = int(seed)
         else:
-            raise SpecError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}")
+            raise SpecError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}", field=name)
     seed = int(seed)
     if not 0 <= seed <= MAX_SEED:
-        raise SpecError(f"{name} must be in [0, {MAX_SEED}], got {seed}")
+        raise SpecError(f"{name} must be in [0, {MAX_SEED}], got {seed}", field=name)
     return seed
 
 
@@ -58,35 +63,38 @@ def noise_for_seed(seed: int, resolutions: Sequence[int]) -> list[np.ndarray]:
 def parse_seeds(spec: str | int | Iterable[int], max_count: int | None = None) -> list[int]:
     """Seeds from `7`, `"0-99"`, `"1,2,5-10"` or a list of ints; ranges are inclusive. Order is kept."""
     if isinstance(spec, bool):
-        raise SpecError(f"seeds must be an integer, a list or a string like '0-99', got {spec!r}")
+        raise SpecError(f"seeds must be an integer, a list or a string like '0-99', got {spec!r}", field="seeds")
     if isinstance(spec, (int, np.integer)):
         items: list[int] = [check_seed(spec)]
     elif isinstance(spec, str):
         if not spec.strip():
-            raise SpecError("seed list is empty")
+            raise SpecError("seed list is empty", field="seeds")
         items = []
         for part in spec.split(","):
             if m := _RANGE.match(part):
                 a, b = check_seed(int(m.group(1))), check_seed(int(m.group(2)))
                 if b < a:
-                    raise SpecError(f"seed range {part.strip()!r} runs backwards")
+                    raise SpecError(f"seed range {part.strip()!r} runs backwards", field="seeds")
                 if max_count is not None and len(items) + b - a + 1 > max_count:
-                    raise SpecError(f"too many seeds: at most {max_count} per request")
+                    raise SpecError(f"too many seeds: at most {max_count} per request", field="seeds")
                 items.extend(range(a, b + 1))
             elif m := _INT.match(part):
                 items.append(check_seed(int(m.group(1))))
             else:
                 bad = part.strip(" \t\r\n")
-                raise SpecError(f"bad seed {bad!r} in {spec!r}: use integers and ranges like '0-99,120'")
+                raise SpecError(f"bad seed {bad!r} in {spec!r}: use integers and ranges like '0-99,120'", field="seeds")
     else:
         try:
             items = [check_seed(s) for s in spec]
         except TypeError:
-            raise SpecError(f"seeds must be an integer, a list or a string like '0-99', got {spec!r}") from None
+            raise SpecError(
+                f"seeds must be an integer, a list or a string like '0-99', got {spec!r}",
+                field="seeds",
+            ) from None
     if not items:
-        raise SpecError("seed list is empty")
+        raise SpecError("seed list is empty", field="seeds")
     if max_count is not None and len(items) > max_count:
-        raise SpecError(f"too many seeds: {len(items)}, at most {max_count} per request")
+        raise SpecError(f"too many seeds: {len(items)}, at most {max_count} per request", field="seeds")
     return items
 
 
@@ -96,9 +104,9 @@ def check_psi(psi: object) -> float:
     try:
         value = float(psi)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise SpecError(f"psi must be a number in [{PSI_MIN:g}, {PSI_MAX:g}], got {psi!r}") from None
+        raise SpecError(f"psi must be a number in [{PSI_MIN:g}, {PSI_MAX:g}], got {psi!r}", field="psi") from None
     if isinstance(psi, bool) or not math.isfinite(value) or not PSI_MIN <= value <= PSI_MAX:
-        raise SpecError(f"psi must be a finite number in [{PSI_MIN:g}, {PSI_MAX:g}], got {psi!r}")
+        raise SpecError(f"psi must be a finite number in [{PSI_MIN:g}, {PSI_MAX:g}], got {psi!r}", field="psi")
     return value
 
 
@@ -106,7 +114,10 @@ def truncation_psi_rows(psi: Sequence[float], num_ws: int, cutoff: int | None = 
     """Per-sample, per-layer psi [N, num_ws]: psi on layers < cutoff (default all), 1 elsewhere."""
     cutoff = num_ws if cutoff is None else cutoff
     if not isinstance(cutoff, int) or isinstance(cutoff, bool) or not 0 <= cutoff <= num_ws:
-        raise SpecError(f"truncation cutoff must be an integer in [0, {num_ws}], got {cutoff!r}")
+        raise SpecError(
+            f"truncation cutoff must be an integer in [0, {num_ws}], got {cutoff!r}",
+            field="truncation_cutoff",
+        )
     rows = np.ones((len(psi), num_ws), np.float32)
     rows[:, :cutoff] = np.asarray([check_psi(p) for p in psi], np.float32)[:, None]
     return rows
@@ -145,34 +156,41 @@ def parse_layers(spec: str | Sequence[int], resolution: int) -> tuple[int, ...]:
         key = spec.strip().lower()
         if key in presets:
             if not presets[key]:
-                raise SpecError(f"mix_layers {key!r} is empty at resolution {resolution} (num_ws={num_ws})")
+                raise SpecError(
+                    f"mix_layers {key!r} is empty at resolution {resolution} (num_ws={num_ws})",
+                    field="mix_layers",
+                )
             return presets[key]
         if not key:
-            raise SpecError("mix_layers is empty")
+            raise SpecError("mix_layers is empty", field="mix_layers")
         out: list[int] = []
         for part in key.split(","):
             if m := _RANGE.match(part):
                 a, b = int(m.group(1)), int(m.group(2))
                 if b < a:
-                    raise SpecError(f"mix_layers range {part.strip()!r} runs backwards")
+                    raise SpecError(f"mix_layers range {part.strip()!r} runs backwards", field="mix_layers")
                 out.extend(range(a, b + 1))
             elif m := _INT.match(part):
                 out.append(int(m.group(1)))
             else:
                 raise SpecError(
-                    f"bad mix_layers {spec!r}: use {'/'.join(LAYER_PRESETS)}, a range 'a-b' or a list '0,1,4-5'"
+                    f"bad mix_layers {spec!r}: use {'/'.join(LAYER_PRESETS)}, a range 'a-b' or a list '0,1,4-5'",
+                    field="mix_layers",
                 )
     else:
         out = []
         for v in spec:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise SpecError(f"mix_layers entries must be integers, got {v!r}")
+                raise SpecError(f"mix_layers entries must be integers, got {v!r}", field="mix_layers")
             out.append(int(v))
         if not out:
-            raise SpecError("mix_layers is empty")
+            raise SpecError("mix_layers is empty", field="mix_layers")
     bad = [i for i in out if not 0 <= i < num_ws]
     if bad:
-        raise SpecError(f"mix_layers {bad} out of range: this model has layers 0-{num_ws - 1} (num_ws={num_ws})")
+        raise SpecError(
+            f"mix_layers {bad} out of range: this model has layers 0-{num_ws - 1} (num_ws={num_ws})",
+            field="mix_layers",
+        )
     return tuple(sorted(set(out)))
 
 

@@ -55,15 +55,18 @@ def make_spec(
     seed = check_seed(seed)
     psi = check_psi(psi)
     if noise not in NOISE_MODES:
-        raise SpecError(f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
+        raise SpecError(f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}", field="noise")
     if truncation_cutoff is not None:
         truncation_psi_rows([psi], config.num_ws, truncation_cutoff)  # validates the cutoff
     layers: tuple[int, ...] = ()
     if mix_seed is not None or mix_layers is not None:
         if not config.supports_mixing:
-            raise SpecError(f"style mixing needs a StyleGAN model; this one is {config.arch} (it has no w space)")
+            raise SpecError(
+                f"style mixing needs a StyleGAN model; this one is {config.arch} (it has no w space)",
+                field="mix_seed",
+            )
         if mix_seed is None:
-            raise SpecError("mix_layers was given without mix_seed")
+            raise SpecError("mix_layers was given without mix_seed", field="mix_seed")
         mix_seed = check_seed(mix_seed, "mix_seed")
         layers = parse_layers(DEFAULT_MIX_LAYERS if mix_layers is None else mix_layers, config.resolution)
     return SampleSpec(seed, psi, mix_seed, layers, noise, truncation_cutoff)

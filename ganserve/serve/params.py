@@ -76,7 +76,7 @@ def _check(field: str, fn, *args):
     try:
         return fn(*args)
     except SpecError as e:
-        raise ApiError(422, str(e), field) from None
+        raise ApiError(422, str(e), e.field or field) from None
 
 
 def resolve_model(name: str | None, models: Mapping[str, ModelConfig], default: str) -> tuple[str, ModelConfig]:
