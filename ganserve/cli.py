@@ -26,7 +26,8 @@ class CLIError(ValueError):
 
 
 def _config_from_args(args: argparse.Namespace) -> ModelConfig:
-    fields = ("arch", "resolution", "z_dim", "w_dim", "img_channels", "fmap_base", "fmap_max", "mapping_layers")
+    fields = ("arch", "resolution", "z_dim", "w_dim", "img_channels", "fmap_base", "fmap_max", "mapping_layers",
+              "channel_base", "channel_max", "c_dim", "conv_clamp", "architecture")
     return ModelConfig(**{f: getattr(args, f) for f in fields if getattr(args, f, None) is not None})
 
 
@@ -39,6 +40,11 @@ def _add_arch_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--fmap-base", dest="fmap_base", type=int)
     p.add_argument("--fmap-max", dest="fmap_max", type=int)
     p.add_argument("--mapping-layers", dest="mapping_layers", type=int)
+    p.add_argument("--channel-base", dest="channel_base", type=int, help="stylegan2: channels min(base // r, max)")
+    p.add_argument("--channel-max", dest="channel_max", type=int, help="stylegan2")
+    p.add_argument("--c-dim", dest="c_dim", type=int, help="stylegan2: number of classes (0 = unconditional)")
+    p.add_argument("--conv-clamp", dest="conv_clamp", type=float, help="stylegan2: clamp conv outputs to +-X")
+    p.add_argument("--architecture", choices=("orig", "skip", "resnet"), help="stylegan2: how toRGB outputs combine")
 
 
 # -- info ------------------------------------------------------------------------------------------------------
@@ -63,12 +69,18 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"z_dim/w_dim:  {config.z_dim}/{config.w_dim}")
     print(f"num_ws:       {config.num_ws}  (style mixing: {'yes' if config.supports_mixing else 'no'})")
     print("channels:     " + ", ".join(f"{r}:{c}" for r, c in config.channel_schedule().items()))
+    if config.arch == "stylegan2":
+        clamp = "off" if config.conv_clamp is None else f"{config.conv_clamp:g}"
+        print(f"stylegan2:    architecture {config.architecture}, c_dim {config.c_dim}, conv_clamp {clamp}, "
+              f"mapping {config.mapping_layers} layers lr_mul {config.mapping_lr_mul:g}")
     print(f"parameters:   mapping {counts['mapping']:,}  synthesis {counts['synthesis']:,}  total {counts['total']:,}")
     if source:
         summary = config.training or {}
         print("training:     " + (", ".join(f"{k}={v}" for k, v in summary.items()) if summary else "(none recorded)"))
         if config.license:
-            print(f"data licence: {config.license}")
+            print(f"licence:      {config.license}")
+        if config.source:
+            print("source:       " + ", ".join(f"{k}={v}" for k, v in config.source.items()))
 
 
 # -- init ------------------------------------------------------------------------------------------------------
