@@ -1,4 +1,4 @@
-"""The `ganserve` command line: info, init, generate (and serve once the server is installed).
+"""The `ganserve` command line: info, init, generate, import (and serve once the server is installed).
 
 Owns argument parsing and turning library errors into one-line CLI errors; the work happens in the library.
 """
@@ -138,6 +138,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"wrote {len(specs)} images to {outdir}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
+# -- import ----------------------------------------------------------------------------------------------------
+def cmd_import(args: argparse.Namespace) -> None:
+    from ganserve.models.importers import import_checkpoint
+
+    import_checkpoint(args.checkpoint, args.out, network=args.network, license=args.license, force=args.force)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     raise CLIError("the HTTP server is not part of this version of ganserve yet; use `ganserve generate` meanwhile")
 
@@ -176,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", help="also write all images as one grid PNG here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("import", help="turn an NVlabs StyleGAN2 network pickle into a model directory (runs nothing "
+                                      "from the file)")
+    p.add_argument("checkpoint", help="network-snapshot-*.pkl of stylegan2-ada-pytorch")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--network", choices=("G_ema", "G"), help="which generator (default G_ema, else G)")
+    p.add_argument("--license", help="licence of the weights, kept in config.json (default: the weights keep the "
+                                     "licence of their source)")
+    p.add_argument("--force", action="store_true", help="replace an existing model directory")
+    p.set_defaults(func=cmd_import)
 
     for module in _SUBCOMMAND_MODULES:
         if importlib.util.find_spec(module) is not None:

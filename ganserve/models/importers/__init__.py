@@ -1,0 +1,107 @@
+"""Foreign checkpoints -> ordinary ganserve model directories, without running anything from the file.
+
+Owns `import_checkpoint` (detect, read safely, build, verify, write atomically); the formats live in submodules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ganserve.models import build_generator
+from ganserve.models.importers.nvlabs import FORMAT as NVLABS_FORMAT
+from ganserve.models.importers.nvlabs import ImportRefused, find_network, read_generator
+from ganserve.models.importers.safe_pickle import UnsafePickleError, restricted_load
+from ganserve.models.weights import CONFIG_NAME, save_model
+
+DEFAULT_LICENSE = "the weights keep the licence of their source"
+
+__all__ = ["DEFAULT_LICENSE", "ImportRefused", "import_checkpoint"]
+
+
+def import_checkpoint(
+    path: str | Path,
+    out: str | Path,
+    network: str | None = None,
+    license: str | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] = print,
+) -> Path:
+    """Turn an NVlabs stylegan2-ada-pytorch network pickle into a model directory at `out`; returns `out`.
+
+    Raises ImportRefused (a ValueError with a one-line message) for anything that is not such a file, including any
+    file that names a global outside the allow-list; then nothing is written.
+    """
+    path, out = Path(path), Path(out)
+    if not path.is_file():
+        raise ImportRefused(f"{path}: no such file")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ImportRefused(f"{out} already exists and is not empty; pass --force to replace it")
+    data = path.read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    progress(f"[1/5] read {path.name} ({len(data) / 2**20:.1f} MiB, sha256 {sha256[:16]}...)")
+    try:
+        obj = restricted_load(data)
+    except UnsafePickleError as e:
+        raise ImportRefused(f"{path.name}: {e}") from None
+    del data
+    progress("[2/5] unpickled with the restricted unpickler (allowed globals only; embedded source code ignored)")
+    try:
+        name, net = find_network(obj, network)
+        config, tensors = read_generator(net, name)
+    except ImportRefused as e:
+        raise ImportRefused(f"{path.name}: {e}") from None
+    config.license = DEFAULT_LICENSE if license is None else license
+    config.source = {"file": path.name, "sha256": sha256, "format": NVLABS_FORMAT, "network": name}
+    size = f"{config.resolution}x{config.resolution}"
+    progress(f"[3/5] found '{name}': StyleGAN2 {size}, {config.architecture}, z/w {config.z_dim}/{config.w_dim}, "
+             f"c_dim {config.c_dim}, conv_clamp {config.conv_clamp}, {config.num_ws} ws")
+    G = build_generator(config)
+    expected = G.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise ImportRefused(f"{path.name}: '{name}' does not have StyleGAN2's tensors ({'; '.join(parts)})")
+    G.load_state_dict(tensors)
+    G.eval().requires_grad_(False)
+    if "w_avg" not in tensors or not torch.isfinite(G.w_avg).all():
+        raise ImportRefused(f"{path.name}: '{name}' has no usable w_avg")
+    with torch.no_grad():
+        z = torch.randn(2, config.z_dim, generator=torch.Generator().manual_seed(0))
+        c = torch.eye(config.c_dim)[:1].repeat(2, 1) if config.c_dim else None
+        if not torch.isfinite(G.synthesis(G.mapping(z, c))).all():
+            raise ImportRefused(f"{path.name}: '{name}' produces non-finite images")
+    progress(f"[4/5] built ganserve stylegan2 and loaded {len(tensors)} tensors "
+             f"({G.parameter_counts()['total']:,} parameters)")
+    _write_atomically(G, config, out, force)
+    progress(f"[5/5] wrote {out} ({CONFIG_NAME} + weights; licence: {config.license})")
+    return out
+
+
+def _write_atomically(G, config, out: Path, force: bool) -> None:
+    """Write into a temporary sibling folder, then rename it to `out` (replacing it only with force)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.import-"))
+    try:
+        save_model(G, tmp, config)
+        if out.exists():
+            if not force and (not out.is_dir() or any(out.iterdir())):
+                raise ImportRefused(f"{out} appeared while importing; not replacing it")
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
