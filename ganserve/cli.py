@@ -184,11 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("import", help="turn an NVlabs StyleGAN2 network pickle into a model directory (runs nothing "
-                                      "from the file)")
-    p.add_argument("checkpoint", help="network-snapshot-*.pkl of stylegan2-ada-pytorch")
+    p = sub.add_parser("import", help="turn an NVlabs StyleGAN2 network pickle or a rosinality checkpoint into a model "
+                                      "directory (runs nothing from the file)")
+    p.add_argument("checkpoint", help="network-snapshot-*.pkl of stylegan2-ada-pytorch, or a rosinality "
+                                      "stylegan2-pytorch .pt checkpoint")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--network", choices=("G_ema", "G"), help="which generator (default G_ema, else G)")
+    p.add_argument("--network", choices=("G_ema", "G", "g_ema", "g"),
+                   help="which generator (default the EMA one: G_ema/g_ema, else G/g)")
     p.add_argument("--license", help="licence of the weights, kept in config.json (default: the weights keep the "
                                      "licence of their source)")
     p.add_argument("--force", action="store_true", help="replace an existing model directory")

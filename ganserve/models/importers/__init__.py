@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from ganserve.models import build_generator
-from ganserve.models.importers.nvlabs import FORMAT as NVLABS_FORMAT
-from ganserve.models.importers.nvlabs import ImportRefused, find_network, read_generator
+from ganserve.models.importers import nvlabs, rosinality
+from ganserve.models.importers.nvlabs import ImportRefused
 from ganserve.models.importers.safe_pickle import UnsafePickleError, restricted_load
 from ganserve.models.weights import CONFIG_NAME, save_model
 
@@ -33,7 +33,8 @@ def import_checkpoint(
     force: bool = False,
     progress: Callable[[str], None] = print,
 ) -> Path:
-    """Turn an NVlabs stylegan2-ada-pytorch network pickle into a model directory at `out`; returns `out`.
+    """Turn an NVlabs stylegan2-ada-pytorch network pickle or a rosinality stylegan2-pytorch checkpoint into a model
+    directory at `out`; returns `out`. `network`: G_ema/G (NVlabs), g_ema/g (rosinality); default the EMA one.
 
     Raises ImportRefused (a ValueError with a one-line message) for anything that is not such a file, including any
     file that names a global outside the allow-list; then nothing is written.
@@ -47,33 +48,50 @@ def import_checkpoint(
     sha256 = hashlib.sha256(data).hexdigest()
     progress(f"[1/5] read {path.name} ({len(data) / 2**20:.1f} MiB, sha256 {sha256[:16]}...)")
     try:
-        obj = restricted_load(data)
-    except UnsafePickleError as e:
-        raise ImportRefused(f"{path.name}: {e}") from None
-    del data
-    progress("[2/5] unpickled with the restricted unpickler (allowed globals only; embedded source code ignored)")
-    try:
-        name, net = find_network(obj, network)
-        config, tensors = read_generator(net, name)
+        if rosinality.is_torch_save(data):
+            fmt = rosinality.FORMAT
+            ckpt = rosinality.load_checkpoint(data)
+            progress("[2/5] loaded a torch.save file with torch.load(weights_only=True)")
+            config, tensors, notes = rosinality.read_generator(ckpt, network)
+        else:
+            fmt = nvlabs.FORMAT
+            try:
+                obj = restricted_load(data)
+            except UnsafePickleError as e:
+                raise ImportRefused(str(e)) from None
+            progress("[2/5] unpickled with the restricted unpickler (allowed globals only; embedded source code "
+                     "ignored)")
+            names = {"g_ema": "G_ema", "g": "G"}
+            name, net = nvlabs.find_network(obj, names.get(network, network) if network else None)
+            config, tensors = nvlabs.read_generator(net, name)
+            notes = {"network": name}
     except ImportRefused as e:
         raise ImportRefused(f"{path.name}: {e}") from None
+    del data
+    name = notes["network"]
     config.license = DEFAULT_LICENSE if license is None else license
-    config.source = {"file": path.name, "sha256": sha256, "format": NVLABS_FORMAT, "network": name}
+    config.source = {"file": path.name, "sha256": sha256, "format": fmt, **notes}
     size = f"{config.resolution}x{config.resolution}"
-    progress(f"[3/5] found '{name}': StyleGAN2 {size}, {config.architecture}, z/w {config.z_dim}/{config.w_dim}, "
-             f"c_dim {config.c_dim}, conv_clamp {config.conv_clamp}, {config.num_ws} ws")
+    progress(f"[3/5] found '{name}' ({fmt}): StyleGAN2 {size}, {config.architecture}, "
+             f"z/w {config.z_dim}/{config.w_dim}, c_dim {config.c_dim}, conv_clamp {config.conv_clamp}, "
+             f"{config.num_ws} ws")
     G = build_generator(config)
     expected = G.state_dict()
-    missing = sorted(set(expected) - set(tensors))
+    missing = sorted(set(expected) - set(tensors) - {"w_avg"})
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
     if missing or unexpected or wrong:
         parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
         raise ImportRefused(f"{path.name}: '{name}' does not have StyleGAN2's tensors ({'; '.join(parts)})")
+    if "w_avg" not in tensors:  # only rosinality checkpoints saved by its train.py lack it
+        G.load_state_dict(tensors, strict=False)
+        G.estimate_w_avg()
+        config.source["w_avg"] = "estimated: the mean of 4096 mapped latents (seed 0); the file has no latent_avg"
+        tensors["w_avg"] = G.w_avg.clone()
     G.load_state_dict(tensors)
     G.eval().requires_grad_(False)
-    if "w_avg" not in tensors or not torch.isfinite(G.w_avg).all():
+    if not torch.isfinite(G.w_avg).all():
         raise ImportRefused(f"{path.name}: '{name}' has no usable w_avg")
     with torch.no_grad():
         z = torch.randn(2, config.z_dim, generator=torch.Generator().manual_seed(0))
