@@ -1,4 +1,4 @@
-"""`ganserve import` of NVlabs stylegan2-ada-pytorch network pickles, without NVIDIA's code.
+"""`ganserve import` of NVlabs stylegan2-ada-pytorch network pickles and rosinality checkpoints, without their code.
 
 A tiny writer below produces files in NVlabs' format: its modules pickle as torch_utils.persistence does (a call of
 `_reconstruct_persistent_obj(meta)` with the class's source code, name and state), under fake `torch_utils` and
@@ -411,3 +411,100 @@ def test_hostile_or_foreign_files_are_refused_with_one_line_and_nothing_written(
     assert not marker.exists()
     assert list(root.iterdir()) == []  # no model directory, no temporary folder left behind
     assert "embedded source ran" not in r.stdout + r.stderr
+
+
+# -- rosinality stylegan2-pytorch checkpoints -------------------------------------------------------------------
+def rosinality_state_dict(G: Generator) -> dict[str, torch.Tensor]:
+    """The tiny NVlabs-layout generator above, renamed and reshaped into rosinality's Generator state dict."""
+    sd: dict[str, torch.Tensor] = {}
+    for k in range(G.mapping.num_layers):
+        fc = getattr(G.mapping, f"fc{k}")
+        sd[f"style.{k + 1}.weight"], sd[f"style.{k + 1}.bias"] = fc.weight.clone(), fc.bias.clone()
+    sd["input.input"] = G.synthesis.b4.const[None].clone()
+    noise_idx = 0
+
+    def styled(src: str, layer: SynthesisLayer, up: bool) -> None:
+        nonlocal noise_idx
+        fan_in = layer.weight.shape[1] * 9
+        sd[f"{src}.conv.weight"] = layer.weight[None] * math.sqrt(fan_in)  # rosinality scales by 1/sqrt(fan_in)
+        sd[f"{src}.conv.modulation.weight"] = layer.affine.weight.clone()
+        sd[f"{src}.conv.modulation.bias"] = layer.affine.bias.clone()
+        if up:
+            sd[f"{src}.conv.blur.kernel"] = layer.resample_filter * 4
+        sd[f"{src}.noise.weight"] = layer.noise_strength.reshape(1).clone()
+        sd[f"{src}.activate.bias"] = layer.bias.clone()
+        sd[f"noises.noise_{noise_idx}"] = layer.noise_const[None, None].clone()
+        noise_idx += 1
+
+    def rgb(src: str, t: ToRGBLayer, up: bool) -> None:
+        sd[f"{src}.conv.weight"] = t.weight[None].clone()
+        sd[f"{src}.conv.modulation.weight"], sd[f"{src}.conv.modulation.bias"] = t.affine.weight, t.affine.bias
+        sd[f"{src}.bias"] = t.bias.reshape(1, -1, 1, 1).clone()
+        if up:
+            sd[f"{src}.upsample.kernel"] = setup_filter([1, 3, 3, 1]) * 4
+
+    styled("conv1", G.synthesis.b4.conv1, False)
+    rgb("to_rgb1", G.synthesis.b4.torgb, False)
+    for j, res in enumerate(G.synthesis.block_resolutions[1:]):
+        block = getattr(G.synthesis, f"b{res}")
+        styled(f"convs.{2 * j}", block.conv0, True)
+        styled(f"convs.{2 * j + 1}", block.conv1, False)
+        rgb(f"to_rgbs.{j}", block.torgb, True)
+    return {k: v.detach().clone() for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("layout", ["converted", "trained"])
+def test_imported_rosinality_checkpoint_gives_the_reference_images(tmp_path, layout):
+    with fake_nvlabs_modules():
+        torch.manual_seed(1)
+        ref_G = Generator(img_resolution=16, conv_clamp=None).eval().requires_grad_(False)
+    sd = rosinality_state_dict(ref_G)
+    if layout == "converted":  # convert_weight.py
+        ckpt = {"g_ema": sd, "latent_avg": ref_G.mapping.w_avg.clone()}
+    else:  # train.py: arguments as a Namespace, no latent_avg
+        import argparse
+
+        ckpt = {"g": sd, "d": {}, "g_ema": sd, "g_optim": {}, "d_optim": {}, "ada_aug_p": 0.0,
+                "args": argparse.Namespace(size=16, latent=16, n_mlp=2, channel_multiplier=2)}
+    pt = tmp_path / "000100.pt"
+    torch.save(ckpt, pt)
+    out = tmp_path / "m"
+    r = ganserve("import", str(pt), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["source"]["format"] == "rosinality-stylegan2-pytorch" and config["source"]["network"] == "g_ema"
+    assert config["conv_clamp"] is None and config["mapping_lr_mul"] == 0.01
+    G = load_model(out)
+    if layout == "trained":
+        assert "estimated" in config["source"]["w_avg"]
+        with torch.no_grad():
+            ref_G.mapping.w_avg.copy_(G.w_avg)  # the reference truncates towards the same centre
+    z = torch.from_numpy(seeds_to_z([0, 1, 2, 3], 16))
+    with torch.no_grad():
+        ref = ref_G(z, torch.zeros(4, 0), 0.7)
+        got = G.synthesis(truncation(G.mapping(z), G.w_avg, 0.7))
+    assert 0.05 < ref.std() < 2
+    assert (got - ref).abs().max() <= 1e-4
+    assert (to_uint8(got) == to_uint8(ref)).float().mean() >= 0.999
+
+
+@pytest.mark.parametrize("kind", ["os.system in a torch.save file", "swagan-like extra tensors", "no g_ema"])
+def test_hostile_or_foreign_torch_save_files_are_refused(tmp_path, kind):
+    marker = tmp_path / "pwned"
+    with fake_nvlabs_modules():
+        torch.manual_seed(1)
+        sd = rosinality_state_dict(Generator(img_resolution=8, conv_clamp=None))
+    if kind.startswith("os.system"):
+        ckpt, named = {"g_ema": sd, "args": Reduce(os.system, f"touch {marker}")}, "refusing to load posix.system"
+    elif kind.startswith("swagan"):
+        ckpt, named = {"g_ema": {**sd, "to_rgbs.0.iwt.ll": torch.zeros(1)}}, "to_rgbs.0.iwt.ll"
+    else:
+        ckpt, named = {"model": sd}, "no g_ema or g"
+    pt = tmp_path / "evil.pt"
+    torch.save(ckpt, pt)
+    root = tmp_path / "outroot"
+    root.mkdir()
+    r = ganserve("import", str(pt), "--out", str(root / "m"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and named in lines[0], r.stderr
+    assert not marker.exists() and list(root.iterdir()) == []

@@ -39,7 +39,7 @@ def load_checkpoint(data: bytes) -> Any:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only failures are UnpicklingError; damaged archives raise many other types
         text = str(e)
-        if m := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        if m := re.search(r"GLOBAL ([\w.]+)", text):  # "Unsupported global: GLOBAL x.y" / "unsupported GLOBAL x.y"
             raise ImportRefused(f"refusing to load {m.group(1)}: torch.load(weights_only=True) allows only tensors "
                                 "and plain containers") from None
         first = text.strip().splitlines()[0][:200] if text.strip() else ""
