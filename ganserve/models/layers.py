@@ -42,8 +42,9 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     former; the two round differently. oneDNN alone gives the same bits at every batch size (1 included) and thread
     count (tests/test_batch_invariance.py). ONNX export and other devices keep F.conv2d.
     """
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()):
+    # is_compiling() first: torch.compile refuses to trace torch.backends.mkldnn.is_available().
+    if (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.onnx.is_in_onnx_export() and torch.backends.mkldnn.is_available()):
         return torch.mkldnn_convolution(x, weight, bias, [padding, padding], [1, 1], [1, 1], groups)
     return F.conv2d(x, weight, bias, padding=padding, groups=groups)
 
