@@ -13,6 +13,7 @@ from typing import Any
 from ganserve.models.layers import channels_at
 
 ARCHS = ("progan", "stylegan", "stylegan2")
+TRAINABLE_ARCHS = ("progan", "stylegan")  # ganserve train's progressive trainer; StyleGAN2 models are imported
 SG2_ARCHITECTURES = ("orig", "skip", "resnet")  # StyleGAN2 generator: how toRGB outputs are combined
 FORMAT_NAME = "ganserve-model"
 FORMAT_VERSION = 1
