@@ -391,11 +391,17 @@ def _hostile(kind: str, marker: Path, tmp_path: Path) -> tuple[bytes, str]:
             G.synthesis.b8.conv0.activation = "relu"
             data = pickle.dumps({"G_ema": G})
         return data, "activation 'relu'"
+    if kind == "malformed":  # readable, allowed types, nonsense values
+        with fake_nvlabs_modules():
+            G = Generator(img_resolution=8)
+            G.synthesis.b8.conv1.use_noise = torch.ones(2)
+            data = pickle.dumps({"G_ema": G})
+        return data, "malformed"
     raise AssertionError(kind)
 
 
 @pytest.mark.parametrize("kind", ["os.system", "eval", "subprocess", "nested", "truncated", "random", "other dict",
-                                  "other network", "relu"])
+                                  "other network", "relu", "malformed"])
 def test_hostile_or_foreign_files_are_refused_with_one_line_and_nothing_written(tmp_path, kind):
     marker = tmp_path / "pwned"
     data, named = _hostile(kind, marker, tmp_path)

@@ -67,6 +67,9 @@ def import_checkpoint(
             notes = {"network": name}
     except ImportRefused as e:
         raise ImportRefused(f"{path.name}: {e}") from None
+    except Exception as e:  # values of unexpected types inside an otherwise readable file
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ImportRefused(f"{path.name}: a malformed {fmt} file ({type(e).__name__}: {text})") from None
     del data
     name = notes["network"]
     config.license = DEFAULT_LICENSE if license is None else license
@@ -75,7 +78,10 @@ def import_checkpoint(
     progress(f"[3/5] found '{name}' ({fmt}): StyleGAN2 {size}, {config.architecture}, "
              f"z/w {config.z_dim}/{config.w_dim}, c_dim {config.c_dim}, conv_clamp {config.conv_clamp}, "
              f"{config.num_ws} ws")
-    G = build_generator(config)
+    try:
+        G = build_generator(config)
+    except ValueError as e:
+        raise ImportRefused(f"{path.name}: '{name}' describes a network ganserve cannot build ({e})") from None
     expected = G.state_dict()
     missing = sorted(set(expected) - set(tensors) - {"w_avg"})
     unexpected = sorted(set(tensors) - set(expected))
