@@ -514,3 +514,19 @@ def test_hostile_or_foreign_torch_save_files_are_refused(tmp_path, kind):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and named in lines[0], r.stderr
     assert not marker.exists() and list(root.iterdir()) == []
+
+
+def test_restricted_unpickler_reads_numeric_numpy_and_refuses_the_rest_by_name():
+    from ganserve.models.importers.safe_pickle import UnsafePickleError, restricted_load
+
+    data = {"a": np.arange(6, dtype=np.float32).reshape(2, 3).T, "gain": np.float64(0.25), "s": {1, 2}}
+    for protocol in (2, 4):
+        got = restricted_load(pickle.dumps(data, protocol=protocol))
+        assert np.array_equal(got["a"], data["a"]) and got["a"].dtype == np.float32
+        assert got["gain"] == 0.25 and got["s"] == {1, 2}
+    with pytest.raises(UnsafePickleError, match=r"numpy.dtype\('O8'\)"):
+        restricted_load(pickle.dumps(np.array([print], dtype=object)))
+    with pytest.raises(UnsafePickleError, match="refusing to load builtins.print"):
+        restricted_load(pickle.dumps({"f": print}))
+    with pytest.raises(UnsafePickleError, match="refusing to load collections.Counter"):
+        restricted_load(pickle.dumps(__import__("collections").Counter("ab")))

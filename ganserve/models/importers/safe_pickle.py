@@ -117,6 +117,18 @@ def _numpy_scalar(dtype, data=None):
     return np.frombuffer(data, dtype=dtype)[0]
 
 
+class _NdarrayType:
+    """Stands in for numpy.ndarray: only an argument of numpy's _reconstruct, never instantiated into an array."""
+
+
+def _numpy_reconstruct(subtype, shape=(0,), typecode=b"b"):
+    """numpy.core.multiarray._reconstruct: an empty uint8 array that the pickle's BUILD (ndarray.__setstate__) then
+    fills. Its dtype can only come from _numpy_dtype, so it is numeric (no object arrays)."""
+    if subtype is not _NdarrayType:
+        raise UnsafePickleError("refusing numpy _reconstruct of anything but a plain ndarray")
+    return np.empty((0,), np.uint8)
+
+
 def _codecs_encode(text, encoding="utf-8"):
     """_codecs.encode as protocol-2 pickles use it to spell bytes: str -> bytes in latin-1 only."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
@@ -146,6 +158,9 @@ def _make_allowed() -> dict[tuple[str, str], Any]:
         ("numpy", "dtype"): _numpy_dtype,
         ("numpy.core.multiarray", "scalar"): _numpy_scalar,
         ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+        ("numpy", "ndarray"): _NdarrayType,  # numeric arrays (NVlabs stylegan3 keeps e.g. sizes as arrays)
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
         ("dnnlib.util", "EasyDict"): EasyDict,
         ("dnnlib", "EasyDict"): EasyDict,
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
