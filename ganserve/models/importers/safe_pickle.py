@@ -6,6 +6,7 @@ embedded source code kept as an inert string) and EasyDict, and tensor rebuildin
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import pickle
@@ -189,6 +190,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.allowed = allowed
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol-2 files spell some names as Python 2 did
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         try:
             return self.allowed[(module, name)]
         except (KeyError, TypeError):
