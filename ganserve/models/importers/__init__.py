@@ -41,7 +41,7 @@ def import_checkpoint(
     """
     path, out = Path(path), Path(out)
     if not path.is_file():
-        raise ImportRefused(f"{path}: no such file")
+        raise ImportRefused(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ImportRefused(f"{out} already exists and is not empty; pass --force to replace it")
     data = path.read_bytes()
