@@ -1,4 +1,4 @@
-"""The `ganserve` command line: info, init, generate (and serve once the server is installed).
+"""The `ganserve` command line: info, init, generate, import (and serve once the server is installed).
 
 Owns argument parsing and turning library errors into one-line CLI errors; the work happens in the library.
 """
@@ -42,7 +42,8 @@ def default_model() -> Path:
 
 
 def _config_from_args(args: argparse.Namespace) -> ModelConfig:
-    fields = ("arch", "resolution", "z_dim", "w_dim", "img_channels", "fmap_base", "fmap_max", "mapping_layers")
+    fields = ("arch", "resolution", "z_dim", "w_dim", "img_channels", "fmap_base", "fmap_max", "mapping_layers",
+              "channel_base", "channel_max", "c_dim", "conv_clamp", "architecture")
     return ModelConfig(**{f: getattr(args, f) for f in fields if getattr(args, f, None) is not None})
 
 
@@ -55,6 +56,11 @@ def _add_arch_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--fmap-base", dest="fmap_base", type=int)
     p.add_argument("--fmap-max", dest="fmap_max", type=int)
     p.add_argument("--mapping-layers", dest="mapping_layers", type=int)
+    p.add_argument("--channel-base", dest="channel_base", type=int, help="stylegan2: channels min(base // r, max)")
+    p.add_argument("--channel-max", dest="channel_max", type=int, help="stylegan2")
+    p.add_argument("--c-dim", dest="c_dim", type=int, help="stylegan2: number of classes (0 = unconditional)")
+    p.add_argument("--conv-clamp", dest="conv_clamp", type=float, help="stylegan2: clamp conv outputs to +-X")
+    p.add_argument("--architecture", choices=("orig", "skip", "resnet"), help="stylegan2: how toRGB outputs combine")
 
 
 # -- info ------------------------------------------------------------------------------------------------------
@@ -79,12 +85,18 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"z_dim/w_dim:  {config.z_dim}/{config.w_dim}")
     print(f"num_ws:       {config.num_ws}  (style mixing: {'yes' if config.supports_mixing else 'no'})")
     print("channels:     " + ", ".join(f"{r}:{c}" for r, c in config.channel_schedule().items()))
+    if config.arch == "stylegan2":
+        clamp = "off" if config.conv_clamp is None else f"{config.conv_clamp:g}"
+        print(f"stylegan2:    architecture {config.architecture}, c_dim {config.c_dim}, conv_clamp {clamp}, "
+              f"mapping {config.mapping_layers} layers lr_mul {config.mapping_lr_mul:g}")
     print(f"parameters:   mapping {counts['mapping']:,}  synthesis {counts['synthesis']:,}  total {counts['total']:,}")
     if source:
         summary = config.training or {}
         print("training:     " + (", ".join(f"{k}={v}" for k, v in summary.items()) if summary else "(none recorded)"))
         if config.license:
-            print(f"data licence: {config.license}")
+            print(f"licence:      {config.license}")
+        if config.source:
+            print("source:       " + ", ".join(f"{k}={v}" for k, v in config.source.items()))
 
 
 # -- init ------------------------------------------------------------------------------------------------------
@@ -142,6 +154,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"wrote {len(specs)} images to {outdir}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
+# -- import ----------------------------------------------------------------------------------------------------
+def cmd_import(args: argparse.Namespace) -> None:
+    from ganserve.models.importers import import_checkpoint
+
+    import_checkpoint(args.checkpoint, args.out, network=args.network, license=args.license, force=args.force)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     raise CLIError("the HTTP server is not part of this version of ganserve yet; use `ganserve generate` meanwhile")
 
@@ -180,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", help="also write all images as one grid PNG here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("import", help="turn an NVlabs StyleGAN2 network pickle or a rosinality checkpoint into a model "
+                                      "directory (runs nothing from the file)")
+    p.add_argument("checkpoint", help="network-snapshot-*.pkl of stylegan2-ada-pytorch, or a rosinality "
+                                      "stylegan2-pytorch .pt checkpoint")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--network", choices=("G_ema", "G", "g_ema", "g"),
+                   help="which generator (default the EMA one: G_ema/g_ema, else G/g)")
+    p.add_argument("--license", help="licence of the weights, kept in config.json (default: the weights keep the "
+                                     "licence of their source)")
+    p.add_argument("--force", action="store_true", help="replace an existing model directory")
+    p.set_defaults(func=cmd_import)
 
     for module in _SUBCOMMAND_MODULES:
         if importlib.util.find_spec(module) is not None:

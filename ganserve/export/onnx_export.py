@@ -144,6 +144,9 @@ def export_onnx(
     progress(f"[1/5] loading {model_dir}")
     G = load_model(model_dir, "cpu")
     config = G.config
+    if config.c_dim:
+        raise ExportError(f"{model_dir} is class-conditional (c_dim={config.c_dim}); exporting such models is not "
+                          "supported yet")
     n = 2  # example batch; the batch axis is exported as a symbolic dimension
     batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
     z = torch.randn(n, config.z_dim, generator=torch.Generator().manual_seed(0))

@@ -10,10 +10,11 @@ from ganserve.models.discriminator import Discriminator
 from ganserve.models.generator import ProgressiveGenerator
 from ganserve.models.progan import ProGANGenerator
 from ganserve.models.stylegan import StyleGANGenerator
+from ganserve.models.stylegan2 import StyleGAN2Generator
 
 
-def build_generator(config: ModelConfig) -> ProgressiveGenerator:
-    cls = {"progan": ProGANGenerator, "stylegan": StyleGANGenerator}[config.arch]
+def build_generator(config: ModelConfig) -> ProgressiveGenerator | StyleGAN2Generator:
+    cls = {"progan": ProGANGenerator, "stylegan": StyleGANGenerator, "stylegan2": StyleGAN2Generator}[config.arch]
     return cls(config)
 
 
@@ -26,6 +27,7 @@ __all__ = [
     "ModelConfig",
     "ProGANGenerator",
     "ProgressiveGenerator",
+    "StyleGAN2Generator",
     "StyleGANGenerator",
     "build_discriminator",
     "build_generator",

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from ganserve.cli import MODEL_DEFAULT_HELP
-from ganserve.models.config import ARCHS
+from ganserve.models.config import TRAINABLE_ARCHS
 from ganserve.train.config import LOSSES, RESUME_OVERRIDABLE, TrainConfig, parse_batch_sizes
 
 # field -> (flag help, type); booleans get --flag/--no-flag.
@@ -60,7 +60,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{help_} (default {'on' if default else 'off'})".strip())
         elif f.name == "arch":
-            p.add_argument(flag, dest=f.name, choices=ARCHS, help=help_)
+            p.add_argument(flag, dest=f.name, choices=TRAINABLE_ARCHS, help=help_)
         elif f.name == "loss":
             p.add_argument(flag, dest=f.name, choices=LOSSES, help=help_)
         else:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ganserve.models.config import ARCHS, ModelConfig
+from ganserve.models.config import TRAINABLE_ARCHS, ModelConfig
 
 LOSSES = ("wgan_gp", "logistic")
 DEFAULT_LOSS = {"progan": "wgan_gp", "stylegan": "logistic"}
@@ -92,8 +92,8 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.arch not in TRAINABLE_ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(TRAINABLE_ARCHS)} for training, got {self.arch!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for name in ("fade_kimg", "stab_kimg", "kimg_scale", "lr", "ema_kimg", "checkpoint_kimg"):
