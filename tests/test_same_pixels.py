@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import tiny_generator
 from PIL import Image
+from test_stylegan2 import tiny_sg2
 
 from ganserve.export.backends import load_backend
 from ganserve.models.layers import conv2d
@@ -43,11 +44,13 @@ def threads():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """A StyleGAN (64x64, 64 channels) and a ProGAN (16x16) on which batch- and thread-dependent rounding showed in
-    the uint8 pixels of a few seeds in a hundred before convolutions were pinned to one kernel."""
+    the uint8 pixels of a few seeds in a hundred before convolutions were pinned to one kernel, and a StyleGAN2
+    (32x32, the network `ganserve import` builds)."""
     root = tmp_path_factory.mktemp("same-pixels")
     return {
         "sg": save_model(tiny_generator("stylegan", resolution=64, fmap_base=1024, fmap_max=64), root / "sg"),
         "pg": save_model(tiny_generator("progan"), root / "pg"),
+        "s2": save_model(tiny_sg2(resolution=32), root / "s2"),
     }
 
 
@@ -68,7 +71,7 @@ def test_conv2d_gives_each_image_the_same_bits_at_any_batch_size_and_thread_coun
             assert torch.equal(together, alone), f"batch {n}, {t} threads"
 
 
-@pytest.mark.parametrize("name", ["sg", "pg"])
+@pytest.mark.parametrize("name", ["sg", "pg", "s2"])
 def test_synthesis_floats_do_not_depend_on_batch_size_or_threads(models, threads, name):
     backend = load_backend(models[name], "torch", "cpu")
     inputs = prepare_batch(make_specs(backend.config, list(range(24)), psi=0.7), backend.config, [])
@@ -83,7 +86,7 @@ def test_synthesis_floats_do_not_depend_on_batch_size_or_threads(models, threads
                 assert torch.equal(together, alone), f"{name}: batch {n}, {t} threads"
 
 
-@pytest.mark.parametrize("name", ["sg", "pg"])
+@pytest.mark.parametrize("name", ["sg", "pg", "s2"])
 @pytest.mark.parametrize("backend_name", ["torch", "onnxruntime"])
 def test_backend_images_do_not_depend_on_batch_size_neighbours_or_threads(models, threads, name, backend_name):
     threads(1)
@@ -112,8 +115,9 @@ def served_images(server: ServerProcess) -> tuple[dict[str, dict[int, list[np.nd
     MAX_BATCH (the two CPU workers split each into two device batches of k), then GETs and POSTs of shuffled seeds
     from 12 clients at once (each seed twice). Returns the pixels received per model and seed, and the batch sizes
     seen per model."""
-    images: dict[str, dict[int, list[np.ndarray]]] = {m: {s: [] for s in SEEDS} for m in ("sg", "pg")}
-    sizes: dict[str, set[int]] = {"sg": set(), "pg": set()}
+    names = [m["name"] for m in httpx.get(f"{server.url}/models").json()["models"]]
+    images: dict[str, dict[int, list[np.ndarray]]] = {m: {s: [] for s in SEEDS} for m in names}
+    sizes: dict[str, set[int]] = {m: set() for m in names}
 
     def keep(model: str, seed: int, batch_size: str, data: bytes) -> None:
         images[model][seed].append(np.asarray(Image.open(io.BytesIO(data))))
@@ -133,7 +137,7 @@ def served_images(server: ServerProcess) -> tuple[dict[str, dict[int, list[np.nd
         keep(model, seed, r.headers["x-batch-size"], r.content)
 
     with httpx.Client(base_url=server.url, timeout=120) as client:
-        for model in ("sg", "pg"):
+        for model in names:
             for k in range(1, MAX_BATCH + 1):
                 for _ in range(3):  # a batch window can rarely merge or split; ask again until size k was seen
                     post(client, model, list(range(2 * k)))
@@ -141,7 +145,7 @@ def served_images(server: ServerProcess) -> tuple[dict[str, dict[int, list[np.nd
                         break
     rng = random.Random(0)
     calls = []
-    for model in ("sg", "pg"):
+    for model in names:
         for _ in range(2):
             order = list(SEEDS)
             rng.shuffle(order)
@@ -160,7 +164,8 @@ def served_images(server: ServerProcess) -> tuple[dict[str, dict[int, list[np.nd
 
 
 def assert_same_pixels(served, sizes, cli) -> None:
-    for model in ("sg", "pg"):
+    assert set(served) == set(cli)
+    for model in cli:
         assert sizes[model] >= set(range(1, MAX_BATCH + 1)), f"{model}: batch sizes seen {sorted(sizes[model])}"
         for seed in SEEDS:
             assert len(served[model][seed]) >= 2
@@ -172,7 +177,7 @@ def assert_same_pixels(served, sizes, cli) -> None:
 @pytest.mark.slow
 def test_server_defaults_and_generate_defaults_write_the_same_pixels(models, tmp_path):
     cli = {name: cli_images(d, tmp_path / name) for name, d in models.items()}
-    with ServerProcess([f"sg={models['sg']}", f"pg={models['pg']}"], "--device", "cpu",
+    with ServerProcess([f"{name}={d}" for name, d in models.items()], "--device", "cpu",
                        log=tmp_path / "server.log") as server:
         served, sizes = served_images(server)
     assert_same_pixels(served, sizes, cli)
@@ -188,7 +193,7 @@ def test_with_an_onnx_export_server_and_generate_still_agree(models, tmp_path_fa
         subprocess.run([sys.executable, "-m", "ganserve.cli", "export", "--model", str(exported[name])],
                        check=True, capture_output=True, timeout=600)
     cli = {name: cli_images(d, tmp_path / name) for name, d in exported.items()}
-    with ServerProcess([f"sg={exported['sg']}", f"pg={exported['pg']}"], "--device", "cpu",
+    with ServerProcess([f"{name}={d}" for name, d in exported.items()], "--device", "cpu",
                        log=tmp_path / "server.log") as server:
         listed = httpx.get(f"{server.url}/models").json()
         assert "onnxruntime" in str(listed), listed
