@@ -132,3 +132,35 @@ def test_serve_ab_runs_two_checkouts_and_refuses_a_tree_that_is_not_one(model_di
     # A folder without ganserve in it: the installed package would be served instead, so it is refused.
     out = subprocess.run([*cmd[:3], str(tmp_path), *cmd[4:]], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "ganserve still comes from" in out.stderr
+
+
+def test_soak_counts_statuses_samples_every_process_and_checks_recovery(model_dirs, tmp_path):
+    cmd = [sys.executable, str(BENCHMARKS / "soak.py"), "--model", model_dirs["stylegan"], "--duration", "4",
+           "--clients", "24", "--max-queue", "4", "--cooldown", "1", "--abort-fraction", "0.2",
+           "--server-arg=--max-batch-size=2", "--out", str(tmp_path), "--name", "s"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "soak: t=" in out.stdout and "plateau" in out.stdout.splitlines()[-1]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    responses = summary["responses"]
+    assert responses["200"] > 0 and responses["503_with_retry_after"] > 0 and responses["failures"] == {}
+    assert summary["recovery"]["recovered"] and summary["recovery"]["queue_depth"] == 0
+    assert {"api", "main", "manager", "worker0", "worker1"} <= set(summary["memory_mb"])
+    assert summary["machine"]["cpu"] and summary["machine"]["torch"]
+    with open(tmp_path / "s.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["phase"] for r in rows} == {"load", "cooldown"}
+    assert all(float(r["api_rss"]) > 0 and float(r["total_rss"]) >= float(r["worker0_rss"]) for r in rows)
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_soak_plateau_compares_the_last_third_of_the_load_with_the_middle_third():
+    sys.path.insert(0, str(BENCHMARKS))
+    from soak import plateau
+
+    flat = [{"phase": "load", "m": 100.0 + (10 if i < 10 else 0)} for i in range(30)]  # warm-up in the first third
+    growing = [{"phase": "load", "m": 100.0 + i} for i in range(30)]
+    cooldown = [{"phase": "cooldown", "m": 1000.0}]  # not part of the verdict
+    assert plateau(flat + cooldown, ["m"], 3.0)["plateau"]
+    verdict = plateau(growing, ["m"], 3.0)
+    assert not verdict["plateau"] and verdict["series"]["m"]["growth_pct"] == round(100 * 10 / 114.5, 2)
