@@ -113,7 +113,7 @@ def test_an_image_queued_longer_than_timeout_s_is_a_504_with_a_json_body(http, r
 def test_a_post_that_times_out_midway_ends_with_an_x_error_part(server, http, reference):
     """Images stream back until one has waited too long in the queue; that error becomes the last part
     (Content-Type application/json, X-Error: 504), and the stream still closes properly."""
-    seeds = list(range(2000, 2012))
+    seeds = list(range(2000, 2024))
     for _ in range(ATTEMPTS):
         assert_still_serving(http, reference)  # and so the worker is idle
         parts = []
@@ -124,10 +124,12 @@ def test_a_post_that_times_out_midway_ends_with_an_x_error_part(server, http, re
                 parts.extend(parser.feed(chunk))
             parser.close()  # the closing boundary came: the stream ended as designed, not cut off
         *images, last = parts
-        if images:
-            break
-        assert last.headers.get("x-error") == "504", last.headers
-    assert images, f"the stream failed before its first image {ATTEMPTS} times"
+        if "x-error" in last.headers:
+            assert last.headers["x-error"] == "504", last.headers
+            if images:  # else the very first image timed out (a busy machine scheduled the worker late): again
+                break
+        # else every image made it in time (a machine fast enough for the whole stream): again
+    assert images and "x-error" in last.headers, f"no stream failed midway in {ATTEMPTS} attempts"
     for part in images:
         assert "x-error" not in part.headers and part.headers["content-type"] == "image/png"
         seed = int(part.headers["x-seed"])
