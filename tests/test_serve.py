@@ -252,7 +252,7 @@ def test_models_health_and_metrics(http):
     assert models["default"] == "sg"
     by_name = {m["name"]: m for m in models["models"]}
     assert by_name["sg"] == {"name": "sg", "arch": "stylegan", "resolution": 16, "num_ws": 6, "img_channels": 3,
-                             "supports_mixing": True, "backend": "torch"}
+                             "supports_mixing": True, "c_dim": 0, "backend": "torch"}
     assert by_name["pg"]["arch"] == "progan" and by_name["pg"]["supports_mixing"] is False
     health = http.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ready"
