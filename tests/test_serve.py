@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ganserve.client import Client
 from ganserve.export.backends import load_backend
 from ganserve.models import ModelConfig, build_generator
 from ganserve.models.sampling import make_spec
@@ -145,6 +146,17 @@ def test_style_mixing_changes_the_image_and_all_layers_give_the_mix_seeds_image(
 def test_random_noise_is_reproducible_and_differs_from_const(http):
     a, b = get_image(http, seed=3, noise="random"), get_image(http, seed=3, noise="random")
     assert np.array_equal(a, b) and not np.array_equal(a, get_image(http, seed=3))
+
+
+def test_no_noise_is_reproducible_differs_from_const_and_reaches_the_client(http, server, reference):
+    a, b = get_image(http, seed=3, noise="none"), get_image(http, seed=3, noise="none")
+    assert np.array_equal(a, b) and not np.array_equal(a, get_image(http, seed=3))
+    assert np.array_equal(a, reference([3], noise="none")[0])
+    with Client(server.url) as client:
+        assert np.array_equal(pixels(client.generate_bytes(3, noise="none")), a)
+        assert dict(client.generate_many_bytes([3], noise="none"))[3] == http.get(
+            "/generate", params={"seed": 3, "noise": "none"}).content
+    assert np.array_equal(get_image(http, seed=3, model="pg", noise="none"), get_image(http, seed=3, model="pg"))
 
 
 def test_post_streams_100_images_the_first_before_the_last_is_generated(server, reference):
