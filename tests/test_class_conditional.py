@@ -95,6 +95,19 @@ def test_onnx_export_takes_the_class_and_agrees_with_torch(models, tmp_path):
     assert np.array_equal(onnx.generate(specs, batch_size=1), got)  # batch invariant on ONNX Runtime too
 
 
+@pytest.mark.slow
+def test_compile_backend_takes_the_class(models):
+    torch_backend = load_backend(models["cond"], "torch", "cpu")
+    compiled = load_backend(models["cond"], "compile", "cpu")
+    config = torch_backend.config
+    specs = [make_spec(config, s, class_idx=s % C_DIM, psi=0.7) for s in range(5)]
+    specs.append(make_spec(config, 1, class_idx=2, mix_seed=3, noise="random"))
+    want = torch_backend.generate(specs).astype(int)
+    for n in (1, 4):  # a batch of one runs padded to two rows; 4 + 2 is a batch size of its own
+        diff = np.abs(compiled.generate(specs, batch_size=n).astype(int) - want)
+        assert (diff == 0).mean() >= 0.999 and diff.max() <= 1, n
+
+
 def cli_images(model: Path, outdir: Path, class_idx: int) -> dict[int, np.ndarray]:
     r = ganserve("generate", "--model", str(model), "--seeds", f"{SEEDS[0]}-{SEEDS[-1]}", "--class", str(class_idx),
                  "--outdir", str(outdir), "--device", "cpu", "--backend", "torch", "--quiet", "--batch-size", "4")
