@@ -133,7 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     seeds = parse_seeds(args.seeds)
     specs = make_specs(
         backend.config, seeds, psi=args.psi, mix_seed=args.mix_seed, mix_layers=args.mix_layers,
-        noise=args.noise, truncation_cutoff=args.truncation_cutoff,
+        noise=args.noise, truncation_cutoff=args.truncation_cutoff, class_idx=args.class_idx,
     )
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncation-cutoff", type=int, help="truncate only ws layers below this index (default all)")
     p.add_argument("--mix-seed", type=int, help="seed whose styles replace mix-layers (StyleGAN)")
     p.add_argument("--mix-layers", help="coarse, middle, fine, all, a-b or a list (default coarse)")
-    p.add_argument("--noise", choices=("const", "random"), default="const")
+    p.add_argument("--noise", choices=("const", "random", "none"), default="const",
+                   help="const (the saved noise maps), random (seeded by the image's seed) or none (StyleGAN)")
+    p.add_argument("--class", dest="class_idx", type=int,
+                   help="class label in [0, c_dim) of a class-conditional model (required for those)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "compile", "onnxruntime", "tensorrt"),

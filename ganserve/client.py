@@ -42,8 +42,9 @@ def _error(status: int, content: bytes, headers: httpx.Headers) -> ServerError:
 
 
 def _params(**params: Any) -> dict[str, Any]:
-    """Request parameters, leaving out those not given (the server's defaults apply)."""
-    return {k: v for k, v in params.items() if v is not None}
+    """Request parameters, leaving out those not given (the server's defaults apply). `class_idx` is sent as `class`
+    (a Python keyword)."""
+    return {("class" if k == "class_idx" else k): v for k, v in params.items() if v is not None}
 
 
 def _seed_list(seeds: int | str | Iterable[int]) -> list[int]:
@@ -110,11 +111,11 @@ class Client:
     def generate_bytes(
         self, seed: int, psi: float | None = None, mix_seed: int | None = None, mix_layers: str | None = None,
         model: str | None = None, noise: str | None = None, truncation_cutoff: int | None = None,
-        format: str | None = None,
+        format: str | None = None, class_idx: int | None = None,
     ) -> bytes:
-        """One encoded image (PNG unless `format` says jpeg or webp)."""
+        """One encoded image (PNG unless `format` says jpeg or webp); `class_idx`: the class of a conditional model."""
         params = _params(seed=seed, psi=psi, mix_seed=mix_seed, mix_layers=mix_layers, model=model, noise=noise,
-                         truncation_cutoff=truncation_cutoff, format=format)
+                         truncation_cutoff=truncation_cutoff, format=format, class_idx=class_idx)
         return self._send("GET", "/generate", params=params).content
 
     def generate(self, seed: int, **params) -> Image.Image:
@@ -221,10 +222,10 @@ class AsyncClient:
     async def generate_bytes(
         self, seed: int, psi: float | None = None, mix_seed: int | None = None, mix_layers: str | None = None,
         model: str | None = None, noise: str | None = None, truncation_cutoff: int | None = None,
-        format: str | None = None,
+        format: str | None = None, class_idx: int | None = None,
     ) -> bytes:
         params = _params(seed=seed, psi=psi, mix_seed=mix_seed, mix_layers=mix_layers, model=model, noise=noise,
-                         truncation_cutoff=truncation_cutoff, format=format)
+                         truncation_cutoff=truncation_cutoff, format=format, class_idx=class_idx)
         return (await self._send("GET", "/generate", params=params)).content
 
     async def generate(self, seed: int, **params) -> Image.Image:

@@ -130,6 +130,7 @@ def test_gallery_grid_psi_slider_mixing_and_details(browser, live_server):
     assert len(first) == 24 and len(set(first)) > 20  # decoded, and different seeds look different
     size = browser.execute_script("const i = document.querySelector('#grid .cell.loaded img'); return i.naturalWidth")
     assert size == 16
+    assert not browser.find_element("id", "class-label").is_displayed()  # an unconditional model: no class control
 
     # psi slider to 0: every seed turns into the average image
     before = _generation(browser)
@@ -185,3 +186,28 @@ def test_gallery_grid_psi_slider_mixing_and_details(browser, live_server):
     message = _wait(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent",
                     what="an error message")
     assert "mix_layers" in message and "out of range" in message
+
+
+def test_gallery_asks_a_class_conditional_model_for_a_class(browser, tmp_path):
+    """A conditional model's requests carry `class` (the control shows only for such models), so no 422s."""
+    from test_stylegan2 import tiny_sg2
+
+    from ganserve.models.weights import save_model
+    from ganserve.serve.process import ServerProcess
+
+    model = save_model(tiny_sg2(c_dim=4), tmp_path / "cond")
+    with ServerProcess([f"cond={model}"], "--backend", "torch", "--device", "cpu", "--workers-per-device", "1",
+                       "--log-level", "warning", log=tmp_path / "server.log") as server:
+        browser.get(server.url + "/")
+        first = _loaded(browser, "#grid", 24, "the seed grid of the conditional model")
+        assert browser.find_element("id", "class-label").is_displayed()
+        assert browser.find_element("id", "error").text == ""
+        before = _generation(browser)
+        browser.execute_script("const c = document.getElementById('class'); c.value = '3';"
+                               "c.dispatchEvent(new Event('change'));")
+        _rerendered(browser, before)
+        third = _loaded(browser, "#grid", 24, "the grid of class 3")
+        assert sum(a != b for a, b in zip(first, third)) > 20  # another class, other images
+        browser.execute_script("document.querySelector('#grid .cell.loaded').click()")
+        _wait(browser, "return document.getElementById('details').open", what="the details dialog")
+        assert "class=3" in browser.find_element("id", "details-curl").text

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ganserve.client import Client
 from ganserve.export.backends import load_backend
 from ganserve.models import ModelConfig, build_generator
 from ganserve.models.sampling import make_spec
@@ -147,6 +148,17 @@ def test_random_noise_is_reproducible_and_differs_from_const(http):
     assert np.array_equal(a, b) and not np.array_equal(a, get_image(http, seed=3))
 
 
+def test_no_noise_is_reproducible_differs_from_const_and_reaches_the_client(http, server, reference):
+    a, b = get_image(http, seed=3, noise="none"), get_image(http, seed=3, noise="none")
+    assert np.array_equal(a, b) and not np.array_equal(a, get_image(http, seed=3))
+    assert np.array_equal(a, reference([3], noise="none")[0])
+    with Client(server.url) as client:
+        assert np.array_equal(pixels(client.generate_bytes(3, noise="none")), a)
+        assert dict(client.generate_many_bytes([3], noise="none"))[3] == http.get(
+            "/generate", params={"seed": 3, "noise": "none"}).content
+    assert np.array_equal(get_image(http, seed=3, model="pg", noise="none"), get_image(http, seed=3, model="pg"))
+
+
 def test_post_streams_100_images_the_first_before_the_last_is_generated(server, reference):
     seeds = list(range(300, 400))
     arrivals, parts = [], []
@@ -252,7 +264,7 @@ def test_models_health_and_metrics(http):
     assert models["default"] == "sg"
     by_name = {m["name"]: m for m in models["models"]}
     assert by_name["sg"] == {"name": "sg", "arch": "stylegan", "resolution": 16, "num_ws": 6, "img_channels": 3,
-                             "supports_mixing": True, "backend": "torch"}
+                             "supports_mixing": True, "c_dim": 0, "backend": "torch"}
     assert by_name["pg"]["arch"] == "progan" and by_name["pg"]["supports_mixing"] is False
     health = http.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ready"

@@ -142,14 +142,3 @@ def test_cli_init_info_generate_and_onnx_export_agree(tmp_path):
         out[backend] = np.stack([np.asarray(Image.open(tmp_path / backend / f"seed{s:04d}.png")) for s in range(8)])
     diff = np.abs(out["torch"].astype(int) - out["onnxruntime"].astype(int))
     assert (diff == 0).mean() >= 0.999 and diff.max() <= 1
-
-
-def test_conditional_model_is_refused_by_generate_and_export_with_one_line(tmp_path):
-    save_model(tiny_sg2(c_dim=3), tmp_path / "cond")
-    for args in (("generate", "--model", str(tmp_path / "cond"), "--seeds", "0", "--backend", "torch", "--device",
-                  "cpu", "--outdir", str(tmp_path / "o")),
-                 ("export", "--model", str(tmp_path / "cond"), "--format", "onnx")):
-        r = ganserve(*args)
-        assert r.returncode == 2
-        assert "class-conditional (c_dim=3)" in r.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "cond" / "onnx").exists()

@@ -36,7 +36,7 @@ def pad_rows(inputs: BatchInputs, size: int) -> BatchInputs:
 
     noise = None if inputs.noise is None else [pad(n) for n in inputs.noise]
     return BatchInputs(pad(inputs.z), pad(inputs.psi), pad(inputs.z_mix), pad(inputs.mix_mask), noise,
-                       pad(inputs.noise_random))
+                       pad(inputs.noise_random), pad(inputs.c))
 
 
 class CompileBackend(TorchBackend):

@@ -1,4 +1,4 @@
-"""ONNX export of a model directory: a mapping graph (z -> ws) and a synthesis graph (ws, noise -> uint8 NHWC).
+"""ONNX export of a model directory: a mapping graph (z [, c] -> ws) and a synthesis graph (ws, noise -> uint8 NHWC).
 
 Owns the graph wrappers, the dynamo export with a dynamic batch axis, the graph checks (onnx.checker, no Random*
 ops, agreement with eager PyTorch) and the manifest. Truncation and mixing happen between the two graphs.
@@ -39,14 +39,22 @@ OUTPUTS = ("uint8", "float")
 
 
 class MappingGraph(nn.Module):
-    """z [N, z_dim] -> ws [N, num_ws, w_dim] (always float32: truncation needs the precise w)."""
+    """z [N, z_dim] (+ one-hot class c [N, c_dim] for class-conditional models) -> ws [N, num_ws, w_dim] (always
+    float32: truncation needs the precise w)."""
 
     def __init__(self, G: ProgressiveGenerator):
         super().__init__()
         self.G = G
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.G.mapping(z)
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.G.mapping(z) if c is None else self.G.mapping(z, c)
+
+
+def example_classes(n: int, c_dim: int) -> torch.Tensor | None:
+    """One-hot labels [n, c_dim] (classes 0, 1, ... in turn) to trace a conditional mapping with; None if c_dim is 0."""
+    if not c_dim:
+        return None
+    return torch.nn.functional.one_hot(torch.arange(n) % c_dim, c_dim).float()
 
 
 class SynthesisGraph(nn.Module):
@@ -144,17 +152,18 @@ def export_onnx(
     progress(f"[1/5] loading {model_dir}")
     G = load_model(model_dir, "cpu")
     config = G.config
-    if config.c_dim:
-        raise ExportError(f"{model_dir} is class-conditional (c_dim={config.c_dim}); exporting such models is not "
-                          "supported yet")
     n = 2  # example batch; the batch axis is exported as a symbolic dimension
     batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
     z = torch.randn(n, config.z_dim, generator=torch.Generator().manual_seed(0))
+    c = example_classes(n, config.c_dim)
+    mapping_args, mapping_names = ((z,), ["z"]) if c is None else ((z, c), ["z", "c"])
     with staged_dir(out) as tmp:
-        progress(f"[2/5] exporting {MAPPING_FILE} (opset {opset}, batch 1..{max_batch})")
-        _quiet_export(MappingGraph(G).eval(), (z,), tmp / MAPPING_FILE, ["z"], ["ws"], ({0: batch},), opset)
+        progress(f"[2/5] exporting {MAPPING_FILE} (opset {opset}, batch 1..{max_batch}"
+                 + (f", class input c [batch, {config.c_dim}])" if c is not None else ")"))
+        _quiet_export(MappingGraph(G).eval(), mapping_args, tmp / MAPPING_FILE, mapping_names, ["ws"],
+                      tuple({0: batch} for _ in mapping_args), opset)
         with torch.no_grad():
-            ws = G.mapping(z)
+            ws = G.mapping(*mapping_args)
         noise = tuple(n.expand(len(z), -1, -1, -1).contiguous() for n in G.const_noise())
         noise_names = [f"noise{i}" for i in range(len(noise))]
         dtype = torch.float16 if fp16 else torch.float32
@@ -181,6 +190,8 @@ def export_onnx(
             arch=config.arch,
             resolution=config.resolution,
             num_ws=config.num_ws,
+            c_dim=config.c_dim,
+            mapping_inputs=mapping_names,
             noise_inputs=noise_names,
             graphs={
                 "mapping": {"file": MAPPING_FILE, **_io_description(tmp / MAPPING_FILE), "ops": ops[MAPPING_FILE]},
@@ -206,8 +217,10 @@ def _compare_with_eager(directory: Path, G: ProgressiveGenerator, noise_names: l
     from ganserve.models.latents import seeds_to_z
 
     z = torch.from_numpy(seeds_to_z([0, 1, 2], G.config.z_dim))
+    c = example_classes(3, G.config.c_dim)
+    mapping_args = (z,) if c is None else (z, c)
     with torch.no_grad():
-        ws = G.mapping(z)
+        ws = G.mapping(*mapping_args)
         ref = G.synthesis(ws)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -216,7 +229,7 @@ def _compare_with_eager(directory: Path, G: ProgressiveGenerator, noise_names: l
         synthesis = ort.InferenceSession(str(directory / SYNTHESIS_FILE), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # an fp16 graph may need kernels the CPU provider lacks
         return {"skipped": f"CPU provider cannot load the graphs: {str(e).splitlines()[0]}"}
-    ws_onnx = mapping.run(None, {"z": z.numpy()})[0]
+    ws_onnx = mapping.run(None, dict(zip(("z", "c"), (t.numpy() for t in mapping_args))))[0]
     feeds = {"ws": ws.numpy(), **{name: n.expand(3, -1, -1, -1).contiguous().numpy()
                                    for name, n in zip(noise_names, G.const_noise())}}
     images = synthesis.run(None, feeds)[0]
@@ -234,7 +247,7 @@ def _compare_with_eager(directory: Path, G: ProgressiveGenerator, noise_names: l
         # feature maps, so rounding noise decides their pixels: float64 PyTorch disagrees with float32 as much.
         G64 = copy.deepcopy(G).double()
         with torch.no_grad():
-            ref64 = to_uint8(G64.synthesis(G64.mapping(z.double()))).numpy()
+            ref64 = to_uint8(G64.synthesis(G64.mapping(*(t.double() for t in mapping_args)))).numpy()
         result["eager_fp32_vs_fp64_equal_fraction"] = float((ref64 == ref_u8).mean())
         if result["eager_fp32_vs_fp64_equal_fraction"] >= 0.99:
             raise ExportError(f"the exported graphs disagree with PyTorch: only {result['uint8_equal_fraction']:.2%} "

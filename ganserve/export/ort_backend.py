@@ -116,11 +116,12 @@ class OnnxRuntimeBackend(Backend):
         self._const_cache: dict[int, list[torch.Tensor]] = {}
 
     # -- graphs ----------------------------------------------------------------------------------------------
-    def _run_mapping(self, z: torch.Tensor) -> torch.Tensor:
+    def _run_mapping(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        feeds = {"z": z} if c is None else {"z": z, "c": c}  # c: the one-hot classes of a conditional model
         if self.device.type == "cuda":
-            return self._bind(self.mapping, {"z": z}, "ws", (len(z), self.config.num_ws, self.config.w_dim),
+            return self._bind(self.mapping, feeds, "ws", (len(z), self.config.num_ws, self.config.w_dim),
                               torch.float32)
-        return torch.from_numpy(self.mapping.run(None, {"z": z.numpy()})[0])
+        return torch.from_numpy(self.mapping.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
 
     def _const(self, n: int) -> list[torch.Tensor]:
         """The constant noise buffers repeated to n rows (kept per batch size: batch sizes are few)."""

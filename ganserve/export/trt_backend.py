@@ -28,7 +28,7 @@ from ganserve.export.artifacts import (
     write_manifest,
 )
 from ganserve.export.backends import Backend, BackendUnavailable
-from ganserve.export.onnx_export import DEFAULT_MAX_BATCH, MappingGraph, SynthesisGraph
+from ganserve.export.onnx_export import DEFAULT_MAX_BATCH, MappingGraph, SynthesisGraph, example_classes
 from ganserve.imaging import to_uint8
 from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles
 from ganserve.models.weights import load_model
@@ -133,10 +133,12 @@ def export_tensorrt(
     S = load_model(model_dir, device).half() if fp16 else G
     resolutions = G.noise_resolutions()
     z = torch.randn(2, G.config.z_dim, device=device)
+    c = example_classes(2, G.config.c_dim)  # a class-conditional mapping takes (z, c), as in the ONNX export
+    mapping_inputs = (z,) if c is None else (z, c.to(device))
     with staged_dir(out) as tmp:
         progress(f"[2/4] building {MAPPING_ENGINE} (fp32, batch 1..{max_batch})")
-        (tmp / MAPPING_ENGINE).write_bytes(_build_engine(torch_tensorrt, MappingGraph(G), (z,), max_batch, False,
-                                                         device))
+        (tmp / MAPPING_ENGINE).write_bytes(_build_engine(torch_tensorrt, MappingGraph(G), mapping_inputs, max_batch,
+                                                         False, device))
         progress(f"[3/4] building {SYNTHESIS_ENGINE} ({precision}, batch 1..{max_batch}, profile opt {OPT_BATCH})")
         module, examples = synthesis_module(S, fp16)
         examples = tuple(t.float() for t in examples)  # the engine's inputs stay float32 (cast inside)
@@ -149,7 +151,8 @@ def export_tensorrt(
             opt_batch=min(OPT_BATCH, max_batch), gpu=torch.cuda.get_device_name(device),
             compute_capability=list(torch.cuda.get_device_capability(device)), tensorrt_version=trt.__version__,
             engines={"mapping": MAPPING_ENGINE, "synthesis": SYNTHESIS_ENGINE},
-            inputs={"mapping": ["z [batch, z_dim] float32"],
+            inputs={"mapping": ["z [batch, z_dim] float32"]
+                    + ([f"c [batch, {G.config.c_dim}] float32 (one-hot class)"] if c is not None else []),
                     "synthesis": ["ws [batch, num_ws, w_dim] float32"]
                     + (["noise [batch, sum(r*r)] float32 (per-layer maps, flattened)"] if resolutions else [])},
             outputs={"mapping": ["ws [batch, num_ws, w_dim] float32"],

@@ -1,6 +1,7 @@
-"""From per-image requests (seed, psi, mixing, noise) to uint8 images, in batches, on any generator backend.
+"""From per-image requests (seed, psi, mixing, noise, class) to uint8 images, in batches, on any generator backend.
 
-Owns SampleSpec validation, the host-side batch inputs (z, z_mix, psi rows, mix masks, noise) and the eager run.
+Owns SampleSpec validation, the host-side batch inputs (z, class labels, z_mix, psi rows, mix masks, noise) and the
+eager run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ganserve.models.latents import (
     truncation_psi_rows,
 )
 
-NOISE_MODES = ("const", "random")
+NOISE_MODES = ("const", "random", "none")  # none: no noise added (zero noise maps)
 DEFAULT_MIX_LAYERS = "coarse"
 
 
@@ -40,6 +41,27 @@ class SampleSpec:
     mix_layers: tuple[int, ...] = ()
     noise: str = "const"
     truncation_cutoff: int | None = None
+    class_idx: int | None = None  # the class label of a class-conditional model (c_dim > 0), else None
+
+
+def check_class(class_idx: object, c_dim: int) -> int | None:
+    """The class label as an int in [0, c_dim) for a conditional model, None for an unconditional one; SpecError
+    (field "class") when it is missing, out of range, or given to an unconditional model. As NVlabs' gen_images.py,
+    a conditional model needs a class: there is no default label."""
+    if class_idx is None:
+        if c_dim:
+            raise SpecError(f"this model is class-conditional ({c_dim} classes): give a class in [0, {c_dim - 1}]",
+                            field="class")
+        return None
+    if not c_dim:
+        raise SpecError(f"this model is not class-conditional (c_dim=0): leave out class, got {class_idx!r}",
+                        field="class")
+    if isinstance(class_idx, str) and class_idx.strip().isdigit():
+        class_idx = int(class_idx)
+    if isinstance(class_idx, bool) or not isinstance(class_idx, (int, np.integer)) or not 0 <= class_idx < c_dim:
+        raise SpecError(f"class must be an integer in [0, {c_dim - 1}] for this model ({c_dim} classes), "
+                        f"got {class_idx!r}", field="class")
+    return int(class_idx)
 
 
 def make_spec(
@@ -50,10 +72,12 @@ def make_spec(
     mix_layers: str | Sequence[int] | None = None,
     noise: str = "const",
     truncation_cutoff: int | None = None,
+    class_idx: int | None = None,
 ) -> SampleSpec:
     """Validate one image's parameters against a model; raises SpecError naming the problem."""
     seed = check_seed(seed)
     psi = check_psi(psi)
+    class_idx = check_class(class_idx, config.c_dim)
     if noise not in NOISE_MODES:
         raise SpecError(f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}", field="noise")
     if truncation_cutoff is not None:
@@ -69,7 +93,7 @@ def make_spec(
             raise SpecError("mix_layers was given without mix_seed", field="mix_seed")
         mix_seed = check_seed(mix_seed, "mix_seed")
         layers = parse_layers(DEFAULT_MIX_LAYERS if mix_layers is None else mix_layers, config.resolution)
-    return SampleSpec(seed, psi, mix_seed, layers, noise, truncation_cutoff)
+    return SampleSpec(seed, psi, mix_seed, layers, noise, truncation_cutoff, class_idx)
 
 
 def make_specs(config: ModelConfig, seeds: Sequence[int], **params) -> list[SampleSpec]:
@@ -88,8 +112,9 @@ class BatchInputs:
     psi: np.ndarray  # [N, num_ws] float32 (1 where not truncated)
     z_mix: np.ndarray | None = None  # [N, z_dim], only when some sample mixes
     mix_mask: np.ndarray | None = None  # [N, num_ws] bool
-    noise: list[np.ndarray] | None = None  # per layer [N, 1, r, r], only when some sample wants random noise
+    noise: list[np.ndarray] | None = None  # per layer [N, 1, r, r], only when some sample wants random or no noise
     noise_random: np.ndarray | None = None  # [N] bool: rows whose noise comes from `noise`, others use the buffers
+    c: np.ndarray | None = None  # [N, c_dim] float32 one-hot class labels, only for class-conditional models
 
     def __len__(self) -> int:
         return len(self.z)
@@ -102,7 +127,8 @@ class BatchInputs:
 
         noise = None if self.noise is None else [rep(n) for n in self.noise]
         return BatchInputs(
-            rep(self.z), rep(self.psi), rep(self.z_mix), rep(self.mix_mask), noise, rep(self.noise_random)
+            rep(self.z), rep(self.psi), rep(self.z_mix), rep(self.mix_mask), noise, rep(self.noise_random),
+            rep(self.c),
         )
 
 
@@ -112,13 +138,16 @@ def prepare_batch(specs: Sequence[SampleSpec], config: ModelConfig, noise_resolu
     for i, s in enumerate(specs):
         psi[i] = truncation_psi_rows([s.psi], num_ws, s.truncation_cutoff)[0]
     inputs = BatchInputs(z=seeds_to_z([s.seed for s in specs], config.z_dim), psi=psi)
+    if config.c_dim:
+        inputs.c = np.zeros((n, config.c_dim), np.float32)
+        inputs.c[np.arange(n), [check_class(s.class_idx, config.c_dim) for s in specs]] = 1
     if any(s.mix_seed is not None for s in specs):
         inputs.z_mix = seeds_to_z([s.seed if s.mix_seed is None else s.mix_seed for s in specs], config.z_dim)
         inputs.mix_mask = np.zeros((n, num_ws), bool)
         for i, s in enumerate(specs):
             inputs.mix_mask[i, list(s.mix_layers)] = True
-    if noise_resolutions and any(s.noise == "random" for s in specs):
-        inputs.noise_random = np.array([s.noise == "random" for s in specs])
+    if noise_resolutions and any(s.noise != "const" for s in specs):
+        inputs.noise_random = np.array([s.noise != "const" for s in specs])  # noise=none: the zero maps below
         per_sample = [
             noise_for_seed(s.seed, noise_resolutions) if s.noise == "random" else None for s in specs
         ]
@@ -137,12 +166,15 @@ def iter_batches(specs: Sequence[SampleSpec], batch_size: int) -> Iterator[Seque
 
 
 def batch_styles(mapping, w_avg: torch.Tensor, inputs: BatchInputs, device: torch.device | str) -> torch.Tensor:
-    """ws [N, num_ws, w_dim] for one batch: `mapping` (z -> ws, any backend), then truncation and style_mixing."""
+    """ws [N, num_ws, w_dim] for one batch: `mapping` (z -> ws, or (z, c) -> ws for a class-conditional model; any
+    backend), then truncation and style_mixing. The mix seed's ws are mapped with the row's own class."""
     z = torch.from_numpy(inputs.z).to(device)
+    c = None if inputs.c is None else torch.from_numpy(inputs.c).to(device)
     if inputs.z_mix is not None:
-        ws, ws_mix = mapping(torch.cat([z, torch.from_numpy(inputs.z_mix).to(device)])).chunk(2)
-    else:
-        ws, ws_mix = mapping(z), None
+        z = torch.cat([z, torch.from_numpy(inputs.z_mix).to(device)])
+        c = None if c is None else torch.cat([c, c])
+    ws = mapping(z) if c is None else mapping(z, c)
+    ws, ws_mix = ws.chunk(2) if inputs.z_mix is not None else (ws, None)
     psi = torch.from_numpy(inputs.psi).to(device)
     ws = truncation(ws, w_avg, psi)
     if ws_mix is not None:
@@ -154,7 +186,8 @@ def batch_styles(mapping, w_avg: torch.Tensor, inputs: BatchInputs, device: torc
 def batch_noise(
     inputs: BatchInputs, const_noise: Sequence[torch.Tensor], device: torch.device | str
 ) -> list[torch.Tensor] | None:
-    """Per-layer noise [N, 1, r, r] for a batch with noise=random rows (the const buffers elsewhere), else None."""
+    """Per-layer noise [N, 1, r, r] for a batch with noise=random or none rows (the const buffers elsewhere), else
+    None."""
     if inputs.noise is None:
         return None
     rows = torch.from_numpy(inputs.noise_random).to(device).view(-1, 1, 1, 1)

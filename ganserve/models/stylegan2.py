@@ -139,8 +139,8 @@ class MappingNetwork(nn.Module):
         x = pixel_norm(z.to(torch.float32))
         if self.c_dim > 0:
             if c is None:
-                raise ValueError(f"this model is class-conditional (c_dim={self.c_dim}): it needs a class label, which "
-                                 "ganserve generate/serve/export do not pass yet (the Python API does: mapping(z, c))")
+                raise ValueError(f"this model is class-conditional (c_dim={self.c_dim}): it needs a class label "
+                                 "(mapping(z, c) with one-hot c; `class` / --class in ganserve)")
             assert_shape(c, (z.shape[0], self.c_dim), "c")
             x = torch.cat([x, pixel_norm(self.embed(c.to(torch.float32)))], dim=1)
         for i in range(self.num_layers):

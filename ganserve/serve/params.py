@@ -41,7 +41,13 @@ class CommonParams(BaseModel):
     mix_layers: str | None = Field(
         None, min_length=1, max_length=256, description="coarse, middle, fine, all, a range 'a-b' or a list '0,1,4-5'"
     )
-    noise: Literal["const", "random"] = "const"
+    noise: Literal["const", "random", "none"] = Field(
+        "const", description="const: the saved noise maps; random: seeded by the image's seed; none: no noise"
+    )
+    class_idx: int | None = Field(
+        None, alias="class", ge=0, description="class label in [0, c_dim) of a class-conditional model (required "
+        "for those; see c_dim in /models), not allowed for others"
+    )
     model: str | None = Field(None, pattern=MODEL_NAME_PATTERN, description="served model name (default: the first)")
     format: ImageFormat = "png"
 
@@ -118,6 +124,6 @@ def make_job(
         )
     first = _check(
         "seed", make_spec, config, seeds[0], params.psi, params.mix_seed, params.mix_layers, params.noise,
-        params.truncation_cutoff,
+        params.truncation_cutoff, params.class_idx,
     )
     return Job(name, [first] + [dataclasses.replace(first, seed=s) for s in seeds[1:]], params.format)

@@ -251,7 +251,7 @@ def install(app: FastAPI, svc: Service, api_key: str | None, max_body: int) -> N
             "max_seeds_per_request": svc.max_seeds,
             "models": [
                 {"name": name, "arch": c.arch, "resolution": c.resolution, "num_ws": c.num_ws,
-                 "img_channels": c.img_channels, "supports_mixing": c.supports_mixing,
+                 "img_channels": c.img_channels, "supports_mixing": c.supports_mixing, "c_dim": c.c_dim,
                  "backend": svc.server.backend_names.get(name, svc.backend)}
                 for name, c in svc.configs.items()
             ],
