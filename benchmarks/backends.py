@@ -79,14 +79,15 @@ def time_interleaved(backends: dict[str, Backend], specs, min_seconds: float) ->
 
 
 def bench_model(model: str, names: list[str], sizes: list[int], rounds: int, device: str, min_seconds: float,
-                say) -> tuple[list[dict], dict]:
+                say, threads: int | None = None) -> tuple[list[dict], dict]:
     path = resolve_model(model)
     backends: dict[str, Backend] = {}
     setup: dict[str, float | str] = {}
     for name in names:
         start = time.perf_counter()
         try:
-            backends[name] = load_backend(path, name, device)
+            options = {"threads": threads} if name == "onnxruntime" and threads else {}
+            backends[name] = load_backend(path, name, device, **options)
         except BackendUnavailable as e:
             say(f"  {name}: skipped ({e})")
             setup[name] = f"unavailable: {e}"
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-seconds", type=float, default=0.5, help="least time per measurement (small batches repeat)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--cpu-threads", type=int, default=1,
+                   help="torch threads and ONNX Runtime intra-op threads on the CPU (default 1, as a server worker)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--name", help="file name stem (default backends_DEVICE)")
     args = p.parse_args(argv)
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     if device.type == "cpu":
         keep_freed_memory()  # as an inference worker does (GeneratorAPI.setup)
+        torch.set_num_threads(args.cpu_threads)
     info = machine()
     say = lambda line: print(line, flush=True)  # noqa: E731
     say("machine: " + json.dumps(info))
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.model:
         say(f"model {model}")
         model_rows, setups[Path(model).name] = bench_model(model, names, sizes, args.rounds, str(device),
-                                                           args.min_seconds, say)
+                                                           args.min_seconds, say, args.cpu_threads)
         rows += model_rows
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
