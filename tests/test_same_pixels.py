@@ -55,7 +55,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 # -- in process ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cin,cout,k,size", [(64, 3, 1, 32), (32, 3, 1, 16), (64, 64, 3, 8), (32, 32, 3, 4)])
+@pytest.mark.parametrize("cin,cout,k,size", [(64, 3, 1, 32), (32, 3, 1, 16), (13, 11, 1, 8), (7, 5, 1, 8),
+                                              (64, 64, 3, 8), (32, 32, 3, 4)])
 def test_conv2d_gives_each_image_the_same_bits_at_any_batch_size_and_thread_count(threads, cin, cout, k, size):
     # F.conv2d runs a 1x1 convolution (toRGB) on one kernel below 16 images with one thread and on another above,
     # and any convolution of a single image on the first; layers.conv2d always runs the same one.

@@ -41,13 +41,16 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     F.conv2d picks its CPU kernel by shape and threads: a 1x1 convolution (toRGB) runs on PyTorch's own GEMM path
     below 16 images with one thread and on oneDNN otherwise, and any convolution of a single image runs on the
     former; the two round differently. Here a 1x1 convolution is one [out, in] x [in, H*W] product per image (as
-    fast as PyTorch's path; oneDNN is 3-10x slower on 3 output channels) and every other convolution runs on oneDNN;
+    fast as PyTorch's path; oneDNN is 3-10x slower on 3 output channels; a lone image is run as two rows, since bmm
+    gives a single small product to multi-threaded GEMM) and every other convolution runs on oneDNN;
     both give the same bits at every batch size, 1 included, and thread count (tests/test_same_pixels.py). ONNX
     export, torch.compile and other devices keep F.conv2d.
     """
     if (not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export() and x.device.type == "cpu"
             and x.dtype == torch.float32):
         if weight.shape[-2:] == (1, 1) and groups == 1 and padding == 0:
+            if len(x) == 1:  # bmm hands a lone small product to multi-threaded GEMM, which rounds otherwise
+                return conv2d(x.expand(2, -1, -1, -1), weight, bias)[:1]
             n, c, h, w = x.shape
             y = torch.bmm(weight.reshape(-1, c).expand(n, -1, -1), x.reshape(n, c, h * w)).view(n, -1, h, w)
             return y if bias is None else y + bias.view(1, -1, 1, 1)
