@@ -163,7 +163,7 @@ def main() -> None:
                     got = H.synthesis(truncation(H.mapping(z, c if c_dim else None), H.w_avg, psi))
                 nv8 = lambda x: (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)  # noqa: E731 - NVlabs' generate.py
                 arch = "" if args.kind.startswith("sg3-") else f" {args.architecture}"
-        label = f"{args.kind} {args.resolution}x{args.resolution}{arch} c_dim={c_dim} " \
+                label = f"{args.kind} {args.resolution}x{args.resolution}{arch} c_dim={c_dim} " \
                         f"fp16_res={args.num_fp16_res} clamp={args.conv_clamp} psi={psi}" + \
                         (f" class={cls}" if cls is not None else "")
                 print(f"{label}: max|diff| {(ref - got).abs().max().item():.2e}  uint8 equal "
