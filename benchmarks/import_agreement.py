@@ -76,7 +76,8 @@ def build_nvlabs(args, workdir: Path):
     G = Generator(z_dim=args.z_dim, c_dim=args.c_dim, w_dim=args.z_dim, img_resolution=args.resolution,
                   img_channels=3, mapping_kwargs=dnnlib.EasyDict(num_layers=2), **syn)
     G = G.eval().requires_grad_(False)
-    _trained_looking(G, "noise_strength", "bias", "torgb")
+    rgb = G.synthesis.layer_names[-1] + "." if args.kind.startswith("sg3-") else "torgb"  # StyleGAN3: L14_32_3
+    _trained_looking(G, "noise_strength", "bias", rgb)
     with torch.no_grad():
         for name, buf in G.named_buffers():
             if name.endswith("magnitude_ema"):  # as after training: input magnitudes are not 1

@@ -45,7 +45,7 @@ def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float,
         h = c * np.sinc(c * m) * window
         return torch.as_tensor(h / h.sum(), dtype=torch.float32)
     x = (np.arange(numtaps) - (numtaps - 1) / 2) / fs
-    r = torch.as_tensor(np.hypot(*np.meshgrid(x, x)), dtype=torch.float64)
+    r = torch.as_tensor(np.hypot(*np.meshgrid(x, x)), dtype=torch.float64, device="cpu")  # also under a meta device
     f = (torch.special.bessel_j1(2 * cutoff * (np.pi * r)) / (np.pi * r)).numpy()
     f = f * np.outer(window, window)
     return torch.as_tensor(f / f.sum(), dtype=torch.float32)
