@@ -76,12 +76,16 @@ def build_nvlabs(args, workdir: Path):
     G = Generator(z_dim=args.z_dim, c_dim=args.c_dim, w_dim=args.z_dim, img_resolution=args.resolution,
                   img_channels=3, mapping_kwargs=dnnlib.EasyDict(num_layers=2), **syn)
     G = G.eval().requires_grad_(False)
-    rgb = G.synthesis.layer_names[-1] + "." if args.kind.startswith("sg3-") else "torgb"  # StyleGAN3: L14_32_3
-    _trained_looking(G, "noise_strength", "bias", rgb)
-    with torch.no_grad():
-        for name, buf in G.named_buffers():
-            if name.endswith("magnitude_ema"):  # as after training: input magnitudes are not 1
-                buf.fill_(0.3 + torch.rand([]).item())
+    _trained_looking(G, "noise_strength", "bias", "torgb" if args.kind in ("ada", "sg3") else "no such layer")
+    if args.kind.startswith("sg3-"):
+        with torch.no_grad():
+            for name, buf in G.named_buffers():
+                if name.endswith("magnitude_ema"):  # as after training: input magnitudes are not 1
+                    buf.fill_(0.3 + torch.rand([]).item())
+            # the toRGB layer (e.g. L14_32_3) scaled so that images have a standard deviation of about 0.5
+            torgb = getattr(G.synthesis, G.synthesis.layer_names[-1])
+            img = G(torch.randn(16, args.z_dim), torch.eye(max(args.c_dim, 1))[:1, : args.c_dim].repeat(16, 1))
+            torgb.weight.mul_(0.5 / img.std())
     with torch.no_grad():
         z = torch.randn(1024, args.z_dim)
         c = torch.nn.functional.one_hot(torch.randint(max(args.c_dim, 1), (1024,)), max(args.c_dim, 1)).float()

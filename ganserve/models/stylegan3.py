@@ -222,7 +222,7 @@ class SynthesisLayer(nn.Module):
 
     def __init__(self, w_dim: int, spec: dict, conv_clamp: float | None):
         super().__init__()
-        self.spec, self.w_dim, self.conv_clamp = dict(spec), w_dim, conv_clamp
+        self.w_dim, self.conv_clamp = w_dim, conv_clamp
         self.is_torgb = bool(spec["is_torgb"])
         self.in_channels, self.out_channels = spec["in_channels"], spec["out_channels"]
         self.in_size, self.out_size = spec["in_size"], spec["out_size"]
