@@ -211,9 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("import", help="turn an NVlabs StyleGAN2 network pickle or a rosinality checkpoint into a model "
-                                      "directory (runs nothing from the file)")
-    p.add_argument("checkpoint", help="network-snapshot-*.pkl of stylegan2-ada-pytorch, or a rosinality "
+    p = sub.add_parser("import", help="turn an NVlabs StyleGAN2/3 network pickle or a rosinality checkpoint into a "
+                                      "model directory (runs nothing from the file)")
+    p.add_argument("checkpoint", help="network-snapshot-*.pkl of stylegan2-ada-pytorch or stylegan3, or a rosinality "
                                       "stylegan2-pytorch .pt checkpoint")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--network", choices=("G_ema", "G", "g_ema", "g"),
