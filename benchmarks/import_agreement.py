@@ -11,6 +11,8 @@ g_ema([z], truncation, truncation_latent, randomize_noise=False)). Nothing of th
     python benchmarks/import_agreement.py sg3 /tmp/sg3 --resolution 64 --num-fp16-res 4   # pkg_resources import
                                                       # in torch_utils/ops patched to packaging.version
     python benchmarks/import_agreement.py rosinality /tmp/ros --resolution 32   # op/ CUDA loads patched out
+    python benchmarks/import_agreement.py sg3-t /tmp/sg3 --resolution 32   # stylegan3's networks_stylegan3, config T
+    python benchmarks/import_agreement.py sg3-r /tmp/sg3 --resolution 32   # config R (1x1 convs, radial filters)
 
 Prints one line per psi (and class): max |float difference| and the fraction of equal uint8 values.
 """
@@ -50,7 +52,16 @@ def build_nvlabs(args, workdir: Path):
     from torch_utils.ops import conv2d_gradfix
 
     conv2d_gradfix.enabled = False
-    if args.kind == "ada":
+    if args.kind in ("sg3-t", "sg3-r"):
+        from training.networks_stylegan2 import Discriminator
+        from training.networks_stylegan3 import Generator
+
+        syn = dict(channel_base=args.channel_base, channel_max=args.channel_max, num_fp16_res=args.num_fp16_res,
+                   conv_clamp=args.conv_clamp, magnitude_ema_beta=0.999)
+        if args.kind == "sg3-r":  # train.py's --cfg=stylegan3-r
+            syn.update(conv_kernel=1, channel_base=args.channel_base * 2, channel_max=args.channel_max * 2,
+                       use_radial_filters=True)
+    elif args.kind == "ada":
         from training.networks import Discriminator, Generator
 
         syn = dict(synthesis_kwargs=dnnlib.EasyDict(channel_base=args.channel_base, channel_max=args.channel_max,
@@ -65,7 +76,16 @@ def build_nvlabs(args, workdir: Path):
     G = Generator(z_dim=args.z_dim, c_dim=args.c_dim, w_dim=args.z_dim, img_resolution=args.resolution,
                   img_channels=3, mapping_kwargs=dnnlib.EasyDict(num_layers=2), **syn)
     G = G.eval().requires_grad_(False)
-    _trained_looking(G, "noise_strength", "bias", "torgb")
+    _trained_looking(G, "noise_strength", "bias", "torgb" if args.kind in ("ada", "sg3") else "no such layer")
+    if args.kind.startswith("sg3-"):
+        with torch.no_grad():
+            for name, buf in G.named_buffers():
+                if name.endswith("magnitude_ema"):  # as after training: input magnitudes are not 1
+                    buf.fill_(0.3 + torch.rand([]).item())
+            # the toRGB layer (e.g. L14_32_3) scaled so that images have a standard deviation of about 0.5
+            torgb = getattr(G.synthesis, G.synthesis.layer_names[-1])
+            img = G(torch.randn(16, args.z_dim), torch.eye(max(args.c_dim, 1))[:1, : args.c_dim].repeat(16, 1))
+            torgb.weight.mul_(0.5 / img.std())
     with torch.no_grad():
         z = torch.randn(1024, args.z_dim)
         c = torch.nn.functional.one_hot(torch.randint(max(args.c_dim, 1), (1024,)), max(args.c_dim, 1)).float()
@@ -105,7 +125,7 @@ def build_rosinality(args, workdir: Path):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kind", choices=("ada", "sg3", "rosinality"))
+    p.add_argument("kind", choices=("ada", "sg3", "sg3-t", "sg3-r", "rosinality"))
     p.add_argument("source", type=Path, help="checkout of the reference code (outside this repository)")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--z-dim", type=int, default=32)
@@ -147,7 +167,8 @@ def main() -> None:
                     ref = reference(z, c, psi).float()
                     got = H.synthesis(truncation(H.mapping(z, c if c_dim else None), H.w_avg, psi))
                 nv8 = lambda x: (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)  # noqa: E731 - NVlabs' generate.py
-                label = f"{args.kind} {args.resolution}x{args.resolution} {args.architecture} c_dim={c_dim} " \
+                arch = "" if args.kind.startswith("sg3-") else f" {args.architecture}"
+                label = f"{args.kind} {args.resolution}x{args.resolution}{arch} c_dim={c_dim} " \
                         f"fp16_res={args.num_fp16_res} clamp={args.conv_clamp} psi={psi}" + \
                         (f" class={cls}" if cls is not None else "")
                 print(f"{label}: max|diff| {(ref - got).abs().max().item():.2e}  uint8 equal "

@@ -43,7 +43,7 @@ def default_model() -> Path:
 
 def _config_from_args(args: argparse.Namespace) -> ModelConfig:
     fields = ("arch", "resolution", "z_dim", "w_dim", "img_channels", "fmap_base", "fmap_max", "mapping_layers",
-              "channel_base", "channel_max", "c_dim", "conv_clamp", "architecture")
+              "channel_base", "channel_max", "c_dim", "conv_clamp", "architecture", "sg3_config")
     return ModelConfig(**{f: getattr(args, f) for f in fields if getattr(args, f, None) is not None})
 
 
@@ -61,6 +61,8 @@ def _add_arch_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--c-dim", dest="c_dim", type=int, help="stylegan2: number of classes (0 = unconditional)")
     p.add_argument("--conv-clamp", dest="conv_clamp", type=float, help="stylegan2: clamp conv outputs to +-X")
     p.add_argument("--architecture", choices=("orig", "skip", "resnet"), help="stylegan2: how toRGB outputs combine")
+    p.add_argument("--config", dest="sg3_config", choices=("t", "r"),
+                   help="stylegan3: T (translation equivariant) or R (rotation too: 1x1 convs, radial filters)")
 
 
 # -- info ------------------------------------------------------------------------------------------------------
@@ -84,11 +86,20 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"resolution:   {config.resolution}x{config.resolution}, {config.img_channels} channel(s)")
     print(f"z_dim/w_dim:  {config.z_dim}/{config.w_dim}")
     print(f"num_ws:       {config.num_ws}  (style mixing: {'yes' if config.supports_mixing else 'no'})")
-    print("channels:     " + ", ".join(f"{r}:{c}" for r, c in config.channel_schedule().items()))
+    if config.channel_schedule():
+        print("channels:     " + ", ".join(f"{r}:{c}" for r, c in config.channel_schedule().items()))
     if config.arch == "stylegan2":
         clamp = "off" if config.conv_clamp is None else f"{config.conv_clamp:g}"
         print(f"stylegan2:    architecture {config.architecture}, c_dim {config.c_dim}, conv_clamp {clamp}, "
               f"mapping {config.mapping_layers} layers lr_mul {config.mapping_lr_mul:g}")
+    if config.arch == "stylegan3":
+        clamp = "off" if config.conv_clamp is None else f"{config.conv_clamp:g}"
+        print(f"stylegan3:    config {config.sg3_config.upper()}, c_dim {config.c_dim}, conv_clamp {clamp}, "
+              f"output_scale {config.output_scale:g}, mapping {config.mapping_layers} layers lr_mul "
+              f"{config.mapping_lr_mul:g}")
+        print(f"input:        {config.sg3_input['channels']} Fourier features at {config.sg3_input['size']}px, "
+              f"bandwidth {config.sg3_input['bandwidth']:g}, sampling rate {config.sg3_input['sampling_rate']:g}")
+        print("layers:       " + ", ".join(layer["name"] for layer in config.sg3_layers))
     print(f"parameters:   mapping {counts['mapping']:,}  synthesis {counts['synthesis']:,}  total {counts['total']:,}")
     if source:
         summary = config.training or {}
@@ -203,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("import", help="turn an NVlabs StyleGAN2 network pickle or a rosinality checkpoint into a model "
-                                      "directory (runs nothing from the file)")
-    p.add_argument("checkpoint", help="network-snapshot-*.pkl of stylegan2-ada-pytorch, or a rosinality "
+    p = sub.add_parser("import", help="turn an NVlabs StyleGAN2/3 network pickle or a rosinality checkpoint into a "
+                                      "model directory (runs nothing from the file)")
+    p.add_argument("checkpoint", help="network-snapshot-*.pkl of stylegan2-ada-pytorch or stylegan3, or a rosinality "
                                       "stylegan2-pytorch .pt checkpoint")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--network", choices=("G_ema", "G", "g_ema", "g"),

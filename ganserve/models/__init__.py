@@ -11,10 +11,12 @@ from ganserve.models.generator import ProgressiveGenerator
 from ganserve.models.progan import ProGANGenerator
 from ganserve.models.stylegan import StyleGANGenerator
 from ganserve.models.stylegan2 import StyleGAN2Generator
+from ganserve.models.stylegan3 import StyleGAN3Generator
 
 
-def build_generator(config: ModelConfig) -> ProgressiveGenerator | StyleGAN2Generator:
-    cls = {"progan": ProGANGenerator, "stylegan": StyleGANGenerator, "stylegan2": StyleGAN2Generator}[config.arch]
+def build_generator(config: ModelConfig) -> ProgressiveGenerator | StyleGAN2Generator | StyleGAN3Generator:
+    cls = {"progan": ProGANGenerator, "stylegan": StyleGANGenerator, "stylegan2": StyleGAN2Generator,
+           "stylegan3": StyleGAN3Generator}[config.arch]
     return cls(config)
 
 
@@ -28,6 +30,7 @@ __all__ = [
     "ProGANGenerator",
     "ProgressiveGenerator",
     "StyleGAN2Generator",
+    "StyleGAN3Generator",
     "StyleGANGenerator",
     "build_discriminator",
     "build_generator",

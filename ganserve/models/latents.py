@@ -133,25 +133,42 @@ def truncation(ws: torch.Tensor, w_avg: torch.Tensor, psi: torch.Tensor | float)
 
 
 # -- style mixing ------------------------------------------------------------------------------------------------
-def layer_presets(resolution: int) -> dict[str, tuple[int, ...]]:
-    """ws indices of the presets: coarse (4-8 px), middle (16-32 px), fine (64 px and up), all."""
-    num_ws = 2 * int(math.log2(resolution)) - 2
-    res_of = [4 * 2 ** (i // 2) for i in range(num_ws)]
+def _layer_resolutions(model) -> list[float]:
+    """The resolution each ws entry draws: `model` is a resolution (StyleGAN/StyleGAN2: num_ws = 2*log2(res) - 2,
+    entry i at 4 * 2**(i // 2)) or a ModelConfig (its own layer_resolutions(), e.g. StyleGAN3's cutoffs)."""
+    if isinstance(model, (int, np.integer)):
+        return [4.0 * 2 ** (i // 2) for i in range(2 * int(math.log2(model)) - 2)]
+    if getattr(model, "arch", None) != "stylegan3":
+        return _layer_resolutions(int(model.resolution))
+    return [float(r) for r in model.layer_resolutions()]
+
+
+def layer_presets(resolution) -> dict[str, tuple[int, ...]]:
+    """ws indices of the presets: coarse (4-8 px), middle (16-32 px), fine (64 px and up), all.
+
+    `resolution`: the model's resolution, or its ModelConfig (needed for StyleGAN3, whose ws entries are mapped by
+    the resolution they draw, twice their cutoff frequency, to the nearest power of two in log scale).
+    """
+    res_of = _layer_resolutions(resolution)
+    log2 = [math.floor(math.log2(r) + 0.5 + 1e-9) for r in res_of]  # nearest power of two; a tie goes up
     return {
-        "coarse": tuple(i for i, r in enumerate(res_of) if r <= 8),
-        "middle": tuple(i for i, r in enumerate(res_of) if 16 <= r <= 32),
-        "fine": tuple(i for i, r in enumerate(res_of) if r >= 64),
-        "all": tuple(range(num_ws)),
+        "coarse": tuple(i for i, k in enumerate(log2) if k <= 3),
+        "middle": tuple(i for i, k in enumerate(log2) if 4 <= k <= 5),
+        "fine": tuple(i for i, k in enumerate(log2) if k >= 6),
+        "all": tuple(range(len(res_of))),
     }
 
 
-def parse_layers(spec: str | Sequence[int], resolution: int) -> tuple[int, ...]:
+def parse_layers(spec: str | Sequence[int], resolution) -> tuple[int, ...]:
     """Style-mixing layers: a preset (coarse/middle/fine/all), an inclusive range "a-b", or a list "0,1,4-5".
 
-    Returns sorted, unique ws indices, each checked against num_ws of a StyleGAN at `resolution`.
+    Returns sorted, unique ws indices, each checked against num_ws of a StyleGAN at `resolution` (an int), or of the
+    model a ModelConfig describes (which StyleGAN3 needs: its num_ws does not follow from the resolution).
     """
-    num_ws = 2 * int(math.log2(resolution)) - 2
+    num_ws = len(_layer_resolutions(resolution))
     presets = layer_presets(resolution)
+    if not isinstance(resolution, (int, np.integer)):
+        resolution = resolution.resolution
     if isinstance(spec, str):
         key = spec.strip().lower()
         if key in presets:

@@ -33,8 +33,8 @@ def import_checkpoint(
     force: bool = False,
     progress: Callable[[str], None] = print,
 ) -> Path:
-    """Turn an NVlabs stylegan2-ada-pytorch network pickle or a rosinality stylegan2-pytorch checkpoint into a model
-    directory at `out`; returns `out`. `network`: G_ema/G (NVlabs), g_ema/g (rosinality); default the EMA one.
+    """Turn an NVlabs stylegan2-ada-pytorch / stylegan3 network pickle or a rosinality stylegan2-pytorch checkpoint
+    into a model directory at `out`; returns `out`. `network`: G_ema/G (NVlabs), g_ema/g (rosinality); default EMA.
 
     Raises ImportRefused (a ValueError with a one-line message) for anything that is not such a file, including any
     file that names a global outside the allow-list; then nothing is written.
@@ -75,7 +75,9 @@ def import_checkpoint(
     config.license = DEFAULT_LICENSE if license is None else license
     config.source = {"file": path.name, "sha256": sha256, "format": fmt, **notes}
     size = f"{config.resolution}x{config.resolution}"
-    progress(f"[3/5] found '{name}' ({fmt}): StyleGAN2 {size}, {config.architecture}, "
+    kind = "StyleGAN3" if config.arch == "stylegan3" else "StyleGAN2"
+    variant = f"config {config.sg3_config.upper()}" if config.arch == "stylegan3" else config.architecture
+    progress(f"[3/5] found '{name}' ({fmt}): {kind} {size}, {variant}, "
              f"z/w {config.z_dim}/{config.w_dim}, c_dim {config.c_dim}, conv_clamp {config.conv_clamp}, "
              f"{config.num_ws} ws")
     try:
@@ -89,7 +91,7 @@ def import_checkpoint(
     if missing or unexpected or wrong:
         parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise ImportRefused(f"{path.name}: '{name}' does not have StyleGAN2's tensors ({'; '.join(parts)})")
+        raise ImportRefused(f"{path.name}: '{name}' does not have {kind}'s tensors ({'; '.join(parts)})")
     if "w_avg" not in tensors:  # only rosinality checkpoints saved by its train.py lack it
         G.load_state_dict(tensors, strict=False)
         G.estimate_w_avg()
@@ -104,7 +106,7 @@ def import_checkpoint(
         c = torch.eye(config.c_dim)[:1].repeat(2, 1) if config.c_dim else None
         if not torch.isfinite(G.synthesis(G.mapping(z, c))).all():
             raise ImportRefused(f"{path.name}: '{name}' produces non-finite images")
-    progress(f"[4/5] built ganserve stylegan2 and loaded {len(tensors)} tensors "
+    progress(f"[4/5] built ganserve {config.arch} and loaded {len(tensors)} tensors "
              f"({G.parameter_counts()['total']:,} parameters)")
     _write_atomically(G, config, out, force)
     progress(f"[5/5] wrote {out} ({CONFIG_NAME} + weights; licence: {config.license})")

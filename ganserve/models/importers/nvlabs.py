@@ -122,22 +122,9 @@ def _synthesis_layer(layer: Any, where: str, up: int, same: _Collector) -> tuple
     return w.shape[1], w.shape[0], _int(layer.attr("resolution"), f"{where}.resolution")
 
 
-def read_generator(G: Any, network: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The ganserve config and state dict of an NVlabs StyleGAN2 Generator persistent object."""
-    G = _module(G, "Generator", f"'{network}'")
-    mapping = _module(G.child("mapping"), "MappingNetwork", f"{network}.mapping")
-    synthesis = G.child("synthesis")
-    if isinstance(synthesis, PersistentObject) and synthesis.child("input") is not None:
-        raise ImportRefused(f"'{network}' is a StyleGAN3 generator (it has a SynthesisInput); not supported yet")
-    synthesis = _module(synthesis, "SynthesisNetwork", f"{network}.synthesis")
-
-    z_dim, c_dim, w_dim = (_int(G.attr(k), f"{network}.{k}") for k in ("z_dim", "c_dim", "w_dim"))
-    resolution = _int(G.attr("img_resolution"), f"{network}.img_resolution")
-    img_channels = _int(G.attr("img_channels"), f"{network}.img_channels")
-    num_ws = _int(G.attr("num_ws"), f"{network}.num_ws")
-
-    # -- mapping ----------------------------------------------------------------------------------------------
-    where = f"{network}.mapping"
+def read_mapping(mapping: PersistentObject, where: str, z_dim: int, c_dim: int,
+                 w_dim: int) -> tuple[int, float, int, int]:
+    """A MappingNetwork (StyleGAN2 or 3): (num_layers, lr multiplier, hidden width, class embedding width)."""
     num_layers = _int(mapping.attr("num_layers"), f"{where}.num_layers")
     for k, v in (("z_dim", z_dim), ("c_dim", c_dim), ("w_dim", w_dim)):
         if mapping.attr(k) != v:
@@ -161,7 +148,27 @@ def read_generator(G: Any, network: str) -> tuple[ModelConfig, dict[str, torch.T
     hidden = {f[1] for f in fcs[:-1]}
     if len(hidden) > 1:
         raise ImportRefused(f"{where}: hidden layers of different widths {sorted(hidden)}")
-    layer_features = hidden.pop() if hidden else 0
+    return num_layers, lr_mul, hidden.pop() if hidden else 0, embed_features
+
+
+def read_generator(G: Any, network: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The ganserve config and state dict of an NVlabs StyleGAN2 Generator persistent object."""
+    G = _module(G, "Generator", f"'{network}'")
+    mapping = _module(G.child("mapping"), "MappingNetwork", f"{network}.mapping")
+    synthesis = G.child("synthesis")
+    if isinstance(synthesis, PersistentObject) and synthesis.child("input") is not None:
+        from ganserve.models.importers.nvlabs_sg3 import read_stylegan3
+
+        return read_stylegan3(G, network)
+    synthesis = _module(synthesis, "SynthesisNetwork", f"{network}.synthesis")
+
+    z_dim, c_dim, w_dim = (_int(G.attr(k), f"{network}.{k}") for k in ("z_dim", "c_dim", "w_dim"))
+    resolution = _int(G.attr("img_resolution"), f"{network}.img_resolution")
+    img_channels = _int(G.attr("img_channels"), f"{network}.img_channels")
+    num_ws = _int(G.attr("num_ws"), f"{network}.num_ws")
+
+    num_layers, lr_mul, layer_features, embed_features = read_mapping(mapping, f"{network}.mapping", z_dim, c_dim,
+                                                                      w_dim)
 
     # -- synthesis --------------------------------------------------------------------------------------------
     where = f"{network}.synthesis"
