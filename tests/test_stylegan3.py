@@ -414,3 +414,16 @@ def test_onnx_export_agrees_with_torch(tmp_path):
         assert diff.max() <= 1 and (diff == 0).mean() >= 0.999
     specs = make_specs(onnx.config, list(range(9)), psi=0.5)
     assert np.array_equal(onnx.generate(specs), np.concatenate([onnx.generate([s]) for s in specs]))
+
+
+def test_mixing_presets_of_a_request_follow_stylegan3s_own_ws():
+    """make_spec (the CLI and the server validate through it) maps presets onto StyleGAN3's 16 ws at 1024x1024,
+    where StyleGAN2's numbering would allow indices up to 17."""
+    from ganserve.models.sampling import make_spec
+
+    config = ModelConfig(arch="stylegan3", resolution=1024)
+    chosen = {p: make_spec(config, 1, mix_seed=2, mix_layers=p).mix_layers for p in ("coarse", "middle", "fine")}
+    assert sorted(sum(chosen.values(), ())) == list(range(config.num_ws)) == list(range(16))
+    with pytest.raises(SpecError) as e:
+        make_spec(config, 1, mix_seed=2, mix_layers="16-17")
+    assert e.value.field == "mix_layers"

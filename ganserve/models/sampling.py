@@ -92,7 +92,7 @@ def make_spec(
         if mix_seed is None:
             raise SpecError("mix_layers was given without mix_seed", field="mix_seed")
         mix_seed = check_seed(mix_seed, "mix_seed")
-        layers = parse_layers(DEFAULT_MIX_LAYERS if mix_layers is None else mix_layers, config.resolution)
+        layers = parse_layers(DEFAULT_MIX_LAYERS if mix_layers is None else mix_layers, config)
     return SampleSpec(seed, psi, mix_seed, layers, noise, truncation_cutoff, class_idx)
 
 

@@ -114,7 +114,7 @@ def make_job(
         message = f"style mixing needs a StyleGAN model; {name!r} is {config.arch} (it has no w space)"
         raise ApiError(400, message, field)
     if params.mix_layers is not None:
-        _check("mix_layers", parse_layers, params.mix_layers, config.resolution)
+        _check("mix_layers", parse_layers, params.mix_layers, config)
         if params.mix_seed is None:
             raise ApiError(422, "mix_layers was given without mix_seed", "mix_seed")
     if params.truncation_cutoff is not None and params.truncation_cutoff > config.num_ws:
