@@ -297,24 +297,24 @@ class SynthesisNetwork(nn.Module):
         return img
 
 
-class StyleGAN2Generator(nn.Module):
-    """The ganserve generator interface over NVlabs' StyleGAN2 layout: mapping (z -> ws), w_avg, synthesis.
+class MappedGenerator(nn.Module):
+    """What the StyleGAN2 and StyleGAN3 generators share: the config, w_avg, mapping z (+ class c) -> ws broadcast to
+    num_ws, and the ganserve generator interface around `mapping_net` and `synthesis_net`.
 
     State dict names follow NVlabs' with `mapping.` -> `mapping_net.`, `synthesis.` -> `synthesis_net.` and
     `mapping.w_avg` -> `w_avg`.
     """
 
-    def __init__(self, config: ModelConfig):
+    arch = ""
+
+    def __init__(self, config: ModelConfig, mapping_net: nn.Module, synthesis_net: nn.Module):
         super().__init__()
-        if config.arch != "stylegan2":
-            raise ValueError(f"StyleGAN2Generator needs arch 'stylegan2', got {config.arch!r}")
+        if config.arch != self.arch:
+            raise ValueError(f"{type(self).__name__} needs arch {self.arch!r}, got {config.arch!r}")
         self.config = config
         self.register_buffer("w_avg", torch.zeros(config.w_dim))
-        self.mapping_net = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, config.mapping_layers,
-                                          config.mapping_lr_mul, config.mapping_layer_features, config.embed_features)
-        self.synthesis_net = SynthesisNetwork(config)
-        if self.synthesis_net.num_ws != config.num_ws:
-            raise ValueError(f"synthesis takes {self.synthesis_net.num_ws} ws, config says {config.num_ws}")
+        self.mapping_net = mapping_net
+        self.synthesis_net = synthesis_net
 
     @property
     def num_ws(self) -> int:
@@ -325,24 +325,11 @@ class StyleGAN2Generator(nn.Module):
         return self.mapping_net(z, c).unsqueeze(1).repeat(1, self.num_ws, 1)
 
     def synthesis(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """ws [N, num_ws, w_dim] -> image [N, C, R, R] in about [-1, 1]. `noise`: one [N, 1, r, r] map per layer
-        with noise (noise_resolutions()), or None for the constant buffers."""
-        if noise is not None and len(noise) != len(self.noise_resolutions()):
-            raise ValueError(f"noise has {len(noise)} maps, this model takes {len(self.noise_resolutions())}")
-        return self.synthesis_net(ws, noise)
+        raise NotImplementedError
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """z -> image, without truncation or mixing (those live in ganserve.models.latents)."""
         return self.synthesis(self.mapping(z, c))
-
-    def _noise_layers(self) -> list[SynthesisLayer]:
-        return [layer for block in self.synthesis_net.blocks() for layer in block.layers() if layer.use_noise]
-
-    def noise_resolutions(self) -> list[int]:
-        return [layer.resolution for layer in self._noise_layers()]
-
-    def const_noise(self) -> list[torch.Tensor]:
-        return [layer.noise_const.view(1, 1, layer.resolution, layer.resolution) for layer in self._noise_layers()]
 
     @torch.no_grad()
     def estimate_w_avg(self, num_samples: int = 4096, seed: int = 0) -> None:
@@ -359,3 +346,32 @@ class StyleGAN2Generator(nn.Module):
         mapping = sum(p.numel() for p in self.mapping_net.parameters())
         total = sum(p.numel() for p in self.parameters())
         return {"mapping": mapping, "synthesis": total - mapping, "total": total}
+
+
+class StyleGAN2Generator(MappedGenerator):
+    """The ganserve generator interface over NVlabs' StyleGAN2 layout (see MappedGenerator)."""
+
+    arch = "stylegan2"
+
+    def __init__(self, config: ModelConfig):
+        mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, config.mapping_layers,
+                                 config.mapping_lr_mul, config.mapping_layer_features, config.embed_features)
+        super().__init__(config, mapping, SynthesisNetwork(config))
+        if self.synthesis_net.num_ws != config.num_ws:
+            raise ValueError(f"synthesis takes {self.synthesis_net.num_ws} ws, config says {config.num_ws}")
+
+    def synthesis(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """ws [N, num_ws, w_dim] -> image [N, C, R, R] in about [-1, 1]. `noise`: one [N, 1, r, r] map per layer
+        with noise (noise_resolutions()), or None for the constant buffers."""
+        if noise is not None and len(noise) != len(self.noise_resolutions()):
+            raise ValueError(f"noise has {len(noise)} maps, this model takes {len(self.noise_resolutions())}")
+        return self.synthesis_net(ws, noise)
+
+    def _noise_layers(self) -> list[SynthesisLayer]:
+        return [layer for block in self.synthesis_net.blocks() for layer in block.layers() if layer.use_noise]
+
+    def noise_resolutions(self) -> list[int]:
+        return [layer.resolution for layer in self._noise_layers()]
+
+    def const_noise(self) -> list[torch.Tensor]:
+        return [layer.noise_const.view(1, 1, layer.resolution, layer.resolution) for layer in self._noise_layers()]

@@ -18,7 +18,7 @@ from torch import nn
 
 from ganserve.models.config import ModelConfig
 from ganserve.models.layers import LRELU_SLOPE, assert_shape, conv2d
-from ganserve.models.stylegan2 import FullyConnectedLayer, MappingNetwork
+from ganserve.models.stylegan2 import FullyConnectedLayer, MappedGenerator, MappingNetwork
 
 # -- filter design (new models only: imported ones keep the filters stored in the pickle) -------------------------
 
@@ -280,30 +280,14 @@ class SynthesisNetwork(nn.Module):
         return x * self.output_scale if self.output_scale != 1 else x
 
 
-class StyleGAN3Generator(nn.Module):
-    """The ganserve generator interface over NVlabs' StyleGAN3 layout: mapping (z -> ws), w_avg, synthesis.
+class StyleGAN3Generator(MappedGenerator):
+    """The ganserve generator interface over NVlabs' StyleGAN3 layout (see MappedGenerator). No noise inputs."""
 
-    State dict names follow NVlabs' with `mapping.` -> `mapping_net.`, `synthesis.` -> `synthesis_net.` and
-    `mapping.w_avg` -> `w_avg`. No noise inputs.
-    """
+    arch = "stylegan3"
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        if config.arch != "stylegan3":
-            raise ValueError(f"StyleGAN3Generator needs arch 'stylegan3', got {config.arch!r}")
-        self.config = config
-        self.register_buffer("w_avg", torch.zeros(config.w_dim))
-        self.mapping_net = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, config.mapping_layers,
-                                          config.mapping_lr_mul)
-        self.synthesis_net = SynthesisNetwork(config)
-
-    @property
-    def num_ws(self) -> int:
-        return self.config.num_ws
-
-    def mapping(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """z [N, z_dim] (+ one-hot class c [N, c_dim] for conditional models) -> ws [N, num_ws, w_dim]."""
-        return self.mapping_net(z, c).unsqueeze(1).repeat(1, self.num_ws, 1)
+        mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, config.mapping_layers, config.mapping_lr_mul)
+        super().__init__(config, mapping, SynthesisNetwork(config))
 
     def synthesis(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         """ws [N, num_ws, w_dim] -> image [N, C, R, R] in about [-1, 1]. StyleGAN3 has no noise inputs: `noise`
@@ -311,9 +295,6 @@ class StyleGAN3Generator(nn.Module):
         if noise:
             raise ValueError(f"StyleGAN3 has no noise inputs, got {len(noise)} noise maps")
         return self.synthesis_net(ws)
-
-    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.synthesis(self.mapping(z, c))
 
     def noise_resolutions(self) -> list[int]:
         return []
@@ -326,21 +307,6 @@ class StyleGAN3Generator(nn.Module):
         as NVlabs' gen_images.py --rotate/--translate): sets the input's user transform to the inverse of
         make_transform(translate, angle)."""
         self.synthesis_net.input.transform.copy_(torch.from_numpy(np.linalg.inv(make_transform(translate, angle))))
-
-    @torch.no_grad()
-    def estimate_w_avg(self, num_samples: int = 4096, seed: int = 0) -> None:
-        """Set w_avg to the mean mapping output of `num_samples` latents (classes drawn uniformly if conditional)."""
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(num_samples, self.config.z_dim, generator=g)
-        c = None
-        if self.config.c_dim:
-            c = F.one_hot(torch.randint(self.config.c_dim, (num_samples,), generator=g), self.config.c_dim).float()
-        self.w_avg.copy_(self.mapping_net(z.to(self.w_avg.device), c).mean(dim=0))
-
-    def parameter_counts(self) -> dict[str, int]:
-        mapping = sum(p.numel() for p in self.mapping_net.parameters())
-        total = sum(p.numel() for p in self.parameters())
-        return {"mapping": mapping, "synthesis": total - mapping, "total": total}
 
 
 def make_transform(translate: tuple[float, float], angle: float) -> np.ndarray:

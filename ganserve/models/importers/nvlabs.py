@@ -151,10 +151,21 @@ def read_mapping(mapping: PersistentObject, where: str, z_dim: int, c_dim: int,
     return num_layers, lr_mul, hidden.pop() if hidden else 0, embed_features
 
 
+def read_header(G: PersistentObject, network: str) -> tuple[int, ...]:
+    """What every NVlabs Generator states and its MappingNetwork must agree with: (z_dim, c_dim, w_dim,
+    img_resolution, img_channels, num_ws, mapping layers, lr multiplier, hidden width, class embedding width)."""
+    mapping = _module(G.child("mapping"), "MappingNetwork", f"{network}.mapping")
+    z_dim, c_dim, w_dim = (_int(G.attr(k), f"{network}.{k}") for k in ("z_dim", "c_dim", "w_dim"))
+    resolution = _int(G.attr("img_resolution"), f"{network}.img_resolution")
+    img_channels = _int(G.attr("img_channels"), f"{network}.img_channels")
+    num_ws = _int(G.attr("num_ws"), f"{network}.num_ws")
+    return (z_dim, c_dim, w_dim, resolution, img_channels, num_ws,
+            *read_mapping(mapping, f"{network}.mapping", z_dim, c_dim, w_dim))
+
+
 def read_generator(G: Any, network: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The ganserve config and state dict of an NVlabs StyleGAN2 Generator persistent object."""
     G = _module(G, "Generator", f"'{network}'")
-    mapping = _module(G.child("mapping"), "MappingNetwork", f"{network}.mapping")
     synthesis = G.child("synthesis")
     if isinstance(synthesis, PersistentObject) and synthesis.child("input") is not None:
         from ganserve.models.importers.nvlabs_sg3 import read_stylegan3
@@ -162,13 +173,8 @@ def read_generator(G: Any, network: str) -> tuple[ModelConfig, dict[str, torch.T
         return read_stylegan3(G, network)
     synthesis = _module(synthesis, "SynthesisNetwork", f"{network}.synthesis")
 
-    z_dim, c_dim, w_dim = (_int(G.attr(k), f"{network}.{k}") for k in ("z_dim", "c_dim", "w_dim"))
-    resolution = _int(G.attr("img_resolution"), f"{network}.img_resolution")
-    img_channels = _int(G.attr("img_channels"), f"{network}.img_channels")
-    num_ws = _int(G.attr("num_ws"), f"{network}.num_ws")
-
-    num_layers, lr_mul, layer_features, embed_features = read_mapping(mapping, f"{network}.mapping", z_dim, c_dim,
-                                                                      w_dim)
+    (z_dim, c_dim, w_dim, resolution, img_channels, num_ws, num_layers, lr_mul, layer_features,
+     embed_features) = read_header(G, network)
 
     # -- synthesis --------------------------------------------------------------------------------------------
     where = f"{network}.synthesis"

@@ -25,7 +25,7 @@ from ganserve.models.importers.nvlabs import (
     _num,
     _state_dict,
     _tensor,
-    read_mapping,
+    read_header,
 )
 from ganserve.models.importers.safe_pickle import PersistentObject
 
@@ -122,14 +122,9 @@ def _layer(layer: Any, where: str, w_dim: int, same: _Collector) -> dict[str, An
 
 def read_stylegan3(G: PersistentObject, network: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The ganserve config and state dict of an NVlabs stylegan3 Generator (networks_stylegan3) persistent object."""
-    mapping = _module(G.child("mapping"), "MappingNetwork", f"{network}.mapping")
+    (z_dim, c_dim, w_dim, resolution, img_channels, num_ws, num_layers, lr_mul, layer_features,
+     embed_features) = read_header(G, network)
     synthesis = _module(G.child("synthesis"), "SynthesisNetwork", f"{network}.synthesis")
-    z_dim, c_dim, w_dim = (_int(G.attr(k), f"{network}.{k}") for k in ("z_dim", "c_dim", "w_dim"))
-    resolution = _int(G.attr("img_resolution"), f"{network}.img_resolution")
-    img_channels = _int(G.attr("img_channels"), f"{network}.img_channels")
-    num_ws = _int(G.attr("num_ws"), f"{network}.num_ws")
-    num_layers, lr_mul, layer_features, embed_features = read_mapping(mapping, f"{network}.mapping", z_dim, c_dim,
-                                                                      w_dim)
     if layer_features not in (0, w_dim) or embed_features not in (0, w_dim):
         raise ImportRefused(f"{network}.mapping has hidden or embedding widths other than w_dim {w_dim}")
 
