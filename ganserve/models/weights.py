@@ -68,6 +68,18 @@ def load_config(directory: str | Path) -> ModelConfig:
         raise ModelLoadError(f"{path}: {e}") from None
 
 
+def state_dict_mismatch(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                        optional: frozenset[str] = frozenset()) -> str:
+    """Where `tensors` differ from a network's state dict, key by key ("missing: ...; wrong shape: ..."), or "".
+    Keys in `optional` may be missing."""
+    missing = sorted(set(expected) - set(tensors) - optional)
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    return "; ".join(f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                     if keys)
+
+
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> ProgressiveGenerator:
     """Build the generator a model directory describes and load its weights (safetensors: no code is executed)."""
     config = load_config(directory)
@@ -79,14 +91,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Pro
     except (SafetensorError, OSError) as e:
         raise ModelLoadError(f"{path}: unreadable weights ({e})") from None
     G = build_generator(config)
-    expected = G.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if missing or unexpected or wrong:
-        parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise ModelLoadError(f"{path} does not match {CONFIG_NAME} ({'; '.join(parts)})")
+    if mismatch := state_dict_mismatch(G.state_dict(), tensors):
+        raise ModelLoadError(f"{path} does not match {CONFIG_NAME} ({mismatch})")
     G.load_state_dict(tensors)
     return G.eval().requires_grad_(False).to(device)
 

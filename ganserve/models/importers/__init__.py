@@ -18,7 +18,7 @@ from ganserve.models import build_generator
 from ganserve.models.importers import nvlabs, rosinality
 from ganserve.models.importers.nvlabs import ImportRefused
 from ganserve.models.importers.safe_pickle import UnsafePickleError, restricted_load
-from ganserve.models.weights import CONFIG_NAME, save_model
+from ganserve.models.weights import CONFIG_NAME, save_model, state_dict_mismatch
 
 DEFAULT_LICENSE = "the weights keep the licence of their source"
 
@@ -84,14 +84,8 @@ def import_checkpoint(
         G = build_generator(config)
     except ValueError as e:
         raise ImportRefused(f"{path.name}: '{name}' describes a network ganserve cannot build ({e})") from None
-    expected = G.state_dict()
-    missing = sorted(set(expected) - set(tensors) - {"w_avg"})
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if missing or unexpected or wrong:
-        parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise ImportRefused(f"{path.name}: '{name}' does not have {kind}'s tensors ({'; '.join(parts)})")
+    if mismatch := state_dict_mismatch(G.state_dict(), tensors, optional=frozenset({"w_avg"})):
+        raise ImportRefused(f"{path.name}: '{name}' does not have {kind}'s tensors ({mismatch})")
     if "w_avg" not in tensors:  # only rosinality checkpoints saved by its train.py lack it
         G.load_state_dict(tensors, strict=False)
         G.estimate_w_avg()
