@@ -119,18 +119,6 @@ class BatchInputs:
     def __len__(self) -> int:
         return len(self.z)
 
-    def repeat(self, times: int) -> BatchInputs:
-        """The batch repeated `times` over along the batch axis."""
-
-        def rep(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else np.concatenate([a] * times)
-
-        noise = None if self.noise is None else [rep(n) for n in self.noise]
-        return BatchInputs(
-            rep(self.z), rep(self.psi), rep(self.z_mix), rep(self.mix_mask), noise, rep(self.noise_random),
-            rep(self.c),
-        )
-
 
 def prepare_batch(specs: Sequence[SampleSpec], config: ModelConfig, noise_resolutions: Sequence[int]) -> BatchInputs:
     n, num_ws = len(specs), config.num_ws
