@@ -145,6 +145,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     specs = make_specs(
         backend.config, seeds, psi=args.psi, mix_seed=args.mix_seed, mix_layers=args.mix_layers,
         noise=args.noise, truncation_cutoff=args.truncation_cutoff, class_idx=args.class_idx,
+        rotate=args.rotate, translate=args.translate,
     )
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="const (the saved noise maps), random (seeded by the image's seed) or none (StyleGAN)")
     p.add_argument("--class", dest="class_idx", type=int,
                    help="class label in [0, c_dim) of a class-conditional model (required for those)")
+    p.add_argument("--rotate", type=float, help="StyleGAN3: rotate the images by this many degrees")
+    p.add_argument("--translate", metavar="X,Y", help="StyleGAN3: shift the images by X,Y image sizes, e.g. 0.25,0")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "compile", "onnxruntime", "tensorrt"),

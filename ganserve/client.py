@@ -43,7 +43,10 @@ def _error(status: int, content: bytes, headers: httpx.Headers) -> ServerError:
 
 def _params(**params: Any) -> dict[str, Any]:
     """Request parameters, leaving out those not given (the server's defaults apply). `class_idx` is sent as `class`
-    (a Python keyword)."""
+    (a Python keyword), a `translate` pair (x, y) as "x,y"."""
+    if params.get("translate") is not None and not isinstance(params["translate"], str):
+        x, y = params["translate"]
+        params["translate"] = f"{float(x)!r},{float(y)!r}"
     return {("class" if k == "class_idx" else k): v for k, v in params.items() if v is not None}
 
 
@@ -111,11 +114,14 @@ class Client:
     def generate_bytes(
         self, seed: int, psi: float | None = None, mix_seed: int | None = None, mix_layers: str | None = None,
         model: str | None = None, noise: str | None = None, truncation_cutoff: int | None = None,
-        format: str | None = None, class_idx: int | None = None,
+        format: str | None = None, class_idx: int | None = None, rotate: float | None = None,
+        translate: tuple[float, float] | str | None = None,
     ) -> bytes:
-        """One encoded image (PNG unless `format` says jpeg or webp); `class_idx`: the class of a conditional model."""
+        """One encoded image (PNG unless `format` says jpeg or webp); `class_idx`: the class of a conditional model;
+        `rotate` (degrees) and `translate` ((x, y) image sizes): StyleGAN3 only."""
         params = _params(seed=seed, psi=psi, mix_seed=mix_seed, mix_layers=mix_layers, model=model, noise=noise,
-                         truncation_cutoff=truncation_cutoff, format=format, class_idx=class_idx)
+                         truncation_cutoff=truncation_cutoff, format=format, class_idx=class_idx, rotate=rotate,
+                         translate=translate)
         return self._send("GET", "/generate", params=params).content
 
     def generate(self, seed: int, **params) -> Image.Image:
@@ -222,10 +228,12 @@ class AsyncClient:
     async def generate_bytes(
         self, seed: int, psi: float | None = None, mix_seed: int | None = None, mix_layers: str | None = None,
         model: str | None = None, noise: str | None = None, truncation_cutoff: int | None = None,
-        format: str | None = None, class_idx: int | None = None,
+        format: str | None = None, class_idx: int | None = None, rotate: float | None = None,
+        translate: tuple[float, float] | str | None = None,
     ) -> bytes:
         params = _params(seed=seed, psi=psi, mix_seed=mix_seed, mix_layers=mix_layers, model=model, noise=noise,
-                         truncation_cutoff=truncation_cutoff, format=format, class_idx=class_idx)
+                         truncation_cutoff=truncation_cutoff, format=format, class_idx=class_idx, rotate=rotate,
+                         translate=translate)
         return (await self._send("GET", "/generate", params=params)).content
 
     async def generate(self, seed: int, **params) -> Image.Image:

@@ -23,6 +23,7 @@ from ganserve.models.sampling import (
     iter_batches,
     prepare_batch,
     run_eager,
+    synthesis_args,
 )
 from ganserve.models.weights import load_config, load_model, resolve_model
 
@@ -100,7 +101,7 @@ class TorchBackend(Backend):
             noise = batch_noise(inputs, self.G.const_noise(), self.device)
             dtype = PRECISIONS[self.precision]
             with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-                return to_uint8(self.G.synthesis(ws, noise))
+                return to_uint8(self.G.synthesis(ws, noise, **synthesis_args(inputs, self.device)))
 
     def describe(self) -> str:
         return f"{self.name} ({self.precision}) on {self.device}"

@@ -12,7 +12,7 @@ import torch
 
 from ganserve.export.backends import PRECISIONS, BackendUnavailable, TorchBackend
 from ganserve.imaging import to_uint8
-from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles
+from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles, batch_transform
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -36,7 +36,7 @@ def pad_rows(inputs: BatchInputs, size: int) -> BatchInputs:
 
     noise = None if inputs.noise is None else [pad(n) for n in inputs.noise]
     return BatchInputs(pad(inputs.z), pad(inputs.psi), pad(inputs.z_mix), pad(inputs.mix_mask), noise,
-                       pad(inputs.noise_random), pad(inputs.c))
+                       pad(inputs.noise_random), pad(inputs.c), pad(inputs.transform))
 
 
 class CompileBackend(TorchBackend):
@@ -57,10 +57,11 @@ class CompileBackend(TorchBackend):
         self.max_batch_size = BUCKETS[-1]
         self._compiled = torch.compile(self._synthesize, mode=self.mode, dynamic=False, fullgraph=True)
 
-    def _synthesize(self, ws: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+    def _synthesize(self, ws: torch.Tensor, noise: list[torch.Tensor], transform: torch.Tensor | None) -> torch.Tensor:
         dtype = PRECISIONS[self.precision]
+        extra = {} if transform is None else {"transform": transform}
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return to_uint8(self.G.synthesis(ws, noise or None))
+            return to_uint8(self.G.synthesis(ws, noise or None, **extra))
 
     @torch.inference_mode()
     def run(self, inputs: BatchInputs) -> torch.Tensor:
@@ -71,12 +72,14 @@ class CompileBackend(TorchBackend):
         noise = batch_noise(padded, self.G.const_noise(), self.device)
         if noise is None:  # always pass noise explicitly: one graph serves const and random noise
             noise = [c.expand(size, -1, -1, -1).contiguous() for c in self.G.const_noise()]
+        # StyleGAN3: always a transform (identity rows when none is asked for), for the same reason
+        transform = batch_transform(padded, self.device, explicit=True) if self.config.arch == "stylegan3" else None
         if self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
         else:
-            for t in (ws, *noise):
+            for t in (ws, *noise, *([] if transform is None else [transform])):
                 torch._dynamo.mark_dynamic(t, 0)
-        images = self._compiled(ws, noise)
+        images = self._compiled(ws, noise, transform)
         return images[:n].clone()  # CUDA graphs reuse their output memory on the next call
 
     def describe(self) -> str:

@@ -1,4 +1,5 @@
-"""ONNX export of a model directory: a mapping graph (z [, c] -> ws) and a synthesis graph (ws, noise -> uint8 NHWC).
+"""ONNX export of a model directory: a mapping graph (z [, c] -> ws) and a synthesis graph (ws, noise or StyleGAN3's
+input transform -> uint8 NHWC).
 
 Owns the graph wrappers, the dynamo export with a dynamic batch axis, the graph checks (onnx.checker, no Random*
 ops, agreement with eager PyTorch) and the manifest. Truncation and mixing happen between the two graphs.
@@ -29,12 +30,14 @@ from ganserve.export.artifacts import (
 )
 from ganserve.imaging import to_uint8
 from ganserve.models.generator import ProgressiveGenerator
+from ganserve.models.stylegan3 import image_transform
 from ganserve.models.weights import load_model
 
 DEFAULT_OPSET = 18
-EXPORTER_VERSION = 2  # bumped whenever the graphs change: older exports are then redone by the backend
+EXPORTER_VERSION = 3  # bumped whenever the graphs change: older exports are then redone by the backend
 DEFAULT_MAX_BATCH = 64
 MAPPING_FILE, SYNTHESIS_FILE = "mapping.onnx", "synthesis.onnx"
+TRANSFORM_INPUT = "transform"  # StyleGAN3's synthesis graph: the per-image input transform [batch, 3, 3]
 OUTPUTS = ("uint8", "float")
 
 
@@ -72,8 +75,24 @@ class SynthesisGraph(nn.Module):
 
     def forward(self, ws: torch.Tensor, noise: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
         ws = ws.to(self.dtype)
-        img = self.G.synthesis(ws, [n.to(self.dtype) for n in noise] if noise else None)
+        return self.convert(self.G.synthesis(ws, [n.to(self.dtype) for n in noise] if noise else None))
+
+    def convert(self, img: torch.Tensor) -> torch.Tensor:
         return to_uint8(img) if self.output == "uint8" else img.float()
+
+
+class TransformedSynthesisGraph(SynthesisGraph):
+    """StyleGAN3: ws [N, num_ws, w_dim] and the input transform [N, 3, 3] of each image (identity rows for none;
+    ganserve.models.stylegan3.image_transform) -> images. StyleGAN3 has no noise inputs."""
+
+    def forward(self, ws: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
+        return self.convert(self.G.synthesis(ws.to(self.dtype), transform=transform))
+
+
+def synthesis_graph(G, output: str = "uint8", dtype: torch.dtype = torch.float32) -> SynthesisGraph:
+    """The synthesis graph module of a generator: with a transform input for StyleGAN3."""
+    cls = TransformedSynthesisGraph if G.config.arch == "stylegan3" else SynthesisGraph
+    return cls(G, output, dtype)
 
 
 def _quiet_export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
@@ -170,13 +189,17 @@ def export_onnx(
         S = G if not fp16 else load_model(model_dir, "cpu").half()
         args: tuple = (ws, noise) if noise else (ws,)
         shapes: tuple = ({0: batch}, tuple({0: batch} for _ in noise)) if noise else ({0: batch},)
+        extra_inputs = []
+        if config.arch == "stylegan3":  # per-image rotate/translate
+            args, shapes, extra_inputs = (ws, torch.eye(3).expand(n, 3, 3).contiguous()), ({0: batch}, {0: batch}), [
+                TRANSFORM_INPUT]
         progress(f"[3/5] exporting {SYNTHESIS_FILE} ({'fp16' if fp16 else 'fp32'}, {output} output, "
-                 f"{len(noise)} noise inputs)")
-        _quiet_export(SynthesisGraph(S, output, dtype).eval(), args, tmp / SYNTHESIS_FILE, ["ws", *noise_names],
-                      ["images"], shapes, opset)
+                 + (f"{len(noise)} noise inputs)" if not extra_inputs else "input transform [batch, 3, 3])"))
+        _quiet_export(synthesis_graph(S, output, dtype).eval(), args, tmp / SYNTHESIS_FILE,
+                      ["ws", *noise_names, *extra_inputs], ["images"], shapes, opset)
         progress("[4/5] checking the graphs (onnx.checker, no random ops, agreement with PyTorch)")
         ops = {name: check_graph(tmp / name) for name in (MAPPING_FILE, SYNTHESIS_FILE)}
-        agreement = _compare_with_eager(tmp, G, noise_names, output, fp16)
+        agreement = _compare_with_eager(tmp, G, noise_names, extra_inputs, output, fp16)
         save_extras(tmp, G.w_avg, G.const_noise())
         copy_config(model_dir, tmp)
         manifest = base_manifest(
@@ -193,6 +216,7 @@ def export_onnx(
             c_dim=config.c_dim,
             mapping_inputs=mapping_names,
             noise_inputs=noise_names,
+            transform_input=TRANSFORM_INPUT if extra_inputs else None,
             graphs={
                 "mapping": {"file": MAPPING_FILE, **_io_description(tmp / MAPPING_FILE), "ops": ops[MAPPING_FILE]},
                 "synthesis": {"file": SYNTHESIS_FILE, **_io_description(tmp / SYNTHESIS_FILE),
@@ -209,9 +233,10 @@ def export_onnx(
     return out
 
 
-def _compare_with_eager(directory: Path, G: ProgressiveGenerator, noise_names: list[str], output: str,
-                        fp16: bool) -> dict[str, Any]:
-    """Run both graphs on CPU for three seeds and compare with eager PyTorch (recorded in the manifest)."""
+def _compare_with_eager(directory: Path, G: ProgressiveGenerator, noise_names: list[str], extra_inputs: list[str],
+                        output: str, fp16: bool) -> dict[str, Any]:
+    """Run both graphs on CPU for three seeds and compare with eager PyTorch (recorded in the manifest); a StyleGAN3
+    transform input is checked with the third image rotated and shifted."""
     import onnxruntime as ort
 
     from ganserve.models.latents import seeds_to_z
@@ -219,9 +244,12 @@ def _compare_with_eager(directory: Path, G: ProgressiveGenerator, noise_names: l
     z = torch.from_numpy(seeds_to_z([0, 1, 2], G.config.z_dim))
     c = example_classes(3, G.config.c_dim)
     mapping_args = (z,) if c is None else (z, c)
+    transform = None
+    if extra_inputs:
+        transform = torch.from_numpy(np.stack([image_transform(), image_transform(), image_transform(30, (0.1, -0.2))]))
     with torch.no_grad():
         ws = G.mapping(*mapping_args)
-        ref = G.synthesis(ws)
+        ref = G.synthesis(ws) if transform is None else G.synthesis(ws, transform=transform)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
@@ -232,6 +260,8 @@ def _compare_with_eager(directory: Path, G: ProgressiveGenerator, noise_names: l
     ws_onnx = mapping.run(None, dict(zip(("z", "c"), (t.numpy() for t in mapping_args))))[0]
     feeds = {"ws": ws.numpy(), **{name: n.expand(3, -1, -1, -1).contiguous().numpy()
                                    for name, n in zip(noise_names, G.const_noise())}}
+    if transform is not None:
+        feeds[TRANSFORM_INPUT] = transform.numpy()
     images = synthesis.run(None, feeds)[0]
     ref_u8 = to_uint8(ref).numpy()
     got_u8 = images if output == "uint8" else to_uint8(torch.from_numpy(images)).numpy()

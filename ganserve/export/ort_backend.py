@@ -23,7 +23,7 @@ from ganserve.export.artifacts import (
 from ganserve.export.backends import Backend, BackendUnavailable
 from ganserve.export.onnx_export import EXPORTER_VERSION, MAPPING_FILE, SYNTHESIS_FILE, export_onnx
 from ganserve.imaging import to_uint8
-from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles
+from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles, batch_transform
 
 
 def find_onnx_export(model: Path, build: bool = True, progress=None) -> Path:
@@ -81,6 +81,7 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable("this ONNX export is fp16, which is meant for GPU providers; export fp32 for CPU")
         self.float_output = self.manifest.get("output") == "float"
         self.noise_names: list[str] = list(self.manifest.get("noise_inputs", []))
+        self.transform_name: str | None = self.manifest.get("transform_input")  # StyleGAN3's rotate/translate
         self.w_avg, self.const_noise = load_extras(self.export_dir, device)
         self.noise_resolutions = [n.shape[-1] for n in self.const_noise]
 
@@ -131,15 +132,20 @@ class OnnxRuntimeBackend(Backend):
             self._const_cache[n] = [c.expand(n, -1, -1, -1).contiguous() for c in self.const_noise]
         return self._const_cache[n]
 
-    def synthesize(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def synthesize(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None,
+                   transform: torch.Tensor | None = None) -> torch.Tensor:
         """The synthesis graph's own output: [N, H, W, C] uint8, or [N, C, H, W] float32 for an "float" export.
 
-        `noise`: per-layer [N, 1, r, r] maps, or None for the constant buffers.
+        `noise`: per-layer [N, 1, r, r] maps, or None for the constant buffers. `transform` (StyleGAN3): [N, 3, 3]
+        input transforms, or None for none.
         """
         n, r, c = len(ws), self.config.resolution, self.config.img_channels
         feeds = {"ws": ws.contiguous()}
         if self.noise_names:
             feeds.update(zip(self.noise_names, noise if noise is not None else self._const(n)))
+        if self.transform_name:
+            feeds[self.transform_name] = transform if transform is not None else torch.eye(3, device=ws.device).expand(
+                n, 3, 3).contiguous()
         shape, dtype = ((n, r, r, c), torch.uint8) if not self.float_output else ((n, c, r, r), torch.float32)
         if self.device.type == "cuda":
             return self._bind(self.synthesis, feeds, "images", shape, dtype)
@@ -165,7 +171,8 @@ class OnnxRuntimeBackend(Backend):
     # -- Backend -------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, inputs: BatchInputs) -> torch.Tensor:
-        images = self.synthesize(self.styles(inputs), batch_noise(inputs, self.const_noise, self.device))
+        images = self.synthesize(self.styles(inputs), batch_noise(inputs, self.const_noise, self.device),
+                                 batch_transform(inputs, self.device))
         return to_uint8(images) if self.float_output else images
 
     def describe(self) -> str:

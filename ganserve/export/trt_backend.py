@@ -28,9 +28,15 @@ from ganserve.export.artifacts import (
     write_manifest,
 )
 from ganserve.export.backends import Backend, BackendUnavailable
-from ganserve.export.onnx_export import DEFAULT_MAX_BATCH, MappingGraph, SynthesisGraph, example_classes
+from ganserve.export.onnx_export import (
+    DEFAULT_MAX_BATCH,
+    MappingGraph,
+    SynthesisGraph,
+    example_classes,
+    synthesis_graph,
+)
 from ganserve.imaging import to_uint8
-from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles
+from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles, batch_transform
 from ganserve.models.weights import load_model
 
 MAPPING_ENGINE, SYNTHESIS_ENGINE = "mapping.engine", "synthesis.engine"
@@ -84,10 +90,13 @@ def export_program(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], 
 
 
 def synthesis_module(G, fp16: bool) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
-    """The synthesis network as TensorRT sees it (noise packed in one input, float output) and example inputs."""
-    synthesis = SynthesisGraph(G, "float", torch.float16 if fp16 else torch.float32)
+    """The synthesis network as TensorRT sees it (noise packed in one input, or StyleGAN3's transform input; float
+    output) and example inputs."""
+    synthesis = synthesis_graph(G, "float", torch.float16 if fp16 else torch.float32)
     device = G.w_avg.device
     ws = torch.zeros(2, G.config.num_ws, G.config.w_dim, device=device)
+    if G.config.arch == "stylegan3":
+        return synthesis, (ws, torch.eye(3, device=device).expand(2, 3, 3).contiguous())
     resolutions = G.noise_resolutions()
     if not resolutions:
         return synthesis, (ws,)
@@ -154,7 +163,8 @@ def export_tensorrt(
             inputs={"mapping": ["z [batch, z_dim] float32"]
                     + ([f"c [batch, {G.config.c_dim}] float32 (one-hot class)"] if c is not None else []),
                     "synthesis": ["ws [batch, num_ws, w_dim] float32"]
-                    + (["noise [batch, sum(r*r)] float32 (per-layer maps, flattened)"] if resolutions else [])},
+                    + (["noise [batch, sum(r*r)] float32 (per-layer maps, flattened)"] if resolutions else [])
+                    + (["transform [batch, 3, 3] float32 (input transform)"] if G.config.arch == "stylegan3" else [])},
             outputs={"mapping": ["ws [batch, num_ws, w_dim] float32"],
                      "synthesis": ["images [batch, C, H, W] float32"]},
             noise_resolutions=resolutions,
@@ -235,6 +245,8 @@ class TensorRTBackend(Backend):
     @torch.inference_mode()
     def run(self, inputs: BatchInputs) -> torch.Tensor:
         ws = batch_styles(self.mapping, self.w_avg, inputs, self.device)
+        if self.config.arch == "stylegan3":
+            return to_uint8(self.synthesis(ws, batch_transform(inputs, self.device, explicit=True)))
         if not self.const_noise:
             return to_uint8(self.synthesis(ws))
         noise = batch_noise(inputs, self.const_noise, self.device)

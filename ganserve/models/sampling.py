@@ -1,12 +1,14 @@
-"""From per-image requests (seed, psi, mixing, noise, class) to uint8 images, in batches, on any generator backend.
+"""From per-image requests (seed, psi, mixing, noise, class, StyleGAN3 rotate/translate) to uint8 images, in
+batches, on any generator backend.
 
-Owns SampleSpec validation, the host-side batch inputs (z, class labels, z_mix, psi rows, mix masks, noise) and the
-eager run.
+Owns SampleSpec validation, the host-side batch inputs (z, class labels, z_mix, psi rows, mix masks, noise, input
+transforms) and the eager run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -26,9 +28,12 @@ from ganserve.models.latents import (
     truncation,
     truncation_psi_rows,
 )
+from ganserve.models.stylegan3 import image_transform
 
 NOISE_MODES = ("const", "random", "none")  # none: no noise added (zero noise maps)
 DEFAULT_MIX_LAYERS = "coarse"
+ROTATE_MAX = 360.0  # degrees, either way
+TRANSLATE_MAX = 100.0  # image widths/heights, either way
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,12 @@ class SampleSpec:
     noise: str = "const"
     truncation_cutoff: int | None = None
     class_idx: int | None = None  # the class label of a class-conditional model (c_dim > 0), else None
+    rotate: float = 0.0  # StyleGAN3: degrees counter-clockwise
+    translate: tuple[float, float] = (0.0, 0.0)  # StyleGAN3: (x, y) in units of the image
+
+    @property
+    def transformed(self) -> bool:
+        return self.rotate != 0 or self.translate != (0.0, 0.0)
 
 
 def check_class(class_idx: object, c_dim: int) -> int | None:
@@ -64,6 +75,39 @@ def check_class(class_idx: object, c_dim: int) -> int | None:
     return int(class_idx)
 
 
+def check_transform(rotate: object, translate: object, arch: str) -> tuple[float, tuple[float, float]]:
+    """rotate (degrees in [-360, 360]) and translate ((x, y), each in [-100, 100] image sizes; a pair or "x,y") as
+    floats; SpecError naming the field when malformed, out of range, or given to a model other than StyleGAN3 (only
+    its Fourier-feature input can be rotated and shifted). None means 0."""
+    rotate = 0.0 if rotate is None else rotate
+    translate = (0.0, 0.0) if translate is None else translate
+    if isinstance(translate, str):
+        translate = translate.split(",")
+    try:
+        if isinstance(rotate, bool):
+            raise TypeError
+        angle = float(rotate)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SpecError(f"rotate must be a number of degrees, got {rotate!r}", field="rotate") from None
+    if not math.isfinite(angle) or abs(angle) > ROTATE_MAX:
+        raise SpecError(f"rotate must be a finite angle in [-{ROTATE_MAX:g}, {ROTATE_MAX:g}] degrees, got {rotate!r}",
+                        field="rotate")
+    try:
+        if isinstance(translate, (str, bytes)) or len(translate) != 2 or any(isinstance(t, bool) for t in translate):
+            raise TypeError
+        shift = (float(translate[0]), float(translate[1]))
+    except (TypeError, ValueError):
+        raise SpecError(f"translate must be two numbers x,y, got {translate!r}", field="translate") from None
+    if not all(math.isfinite(t) and abs(t) <= TRANSLATE_MAX for t in shift):
+        raise SpecError(f"translate must be two finite numbers in [-{TRANSLATE_MAX:g}, {TRANSLATE_MAX:g}] (image "
+                        f"sizes), got {translate!r}", field="translate")
+    if (angle != 0 or shift != (0.0, 0.0)) and arch != "stylegan3":
+        field = "rotate" if angle != 0 else "translate"
+        raise SpecError(f"{field} needs a StyleGAN3 model (its input can be rotated and shifted); this one is {arch}",
+                        field=field)
+    return angle + 0.0, (shift[0] + 0.0, shift[1] + 0.0)  # + 0.0: -0.0 becomes 0.0
+
+
 def make_spec(
     config: ModelConfig,
     seed: int,
@@ -73,11 +117,14 @@ def make_spec(
     noise: str = "const",
     truncation_cutoff: int | None = None,
     class_idx: int | None = None,
+    rotate: float | None = None,
+    translate: tuple[float, float] | str | None = None,
 ) -> SampleSpec:
     """Validate one image's parameters against a model; raises SpecError naming the problem."""
     seed = check_seed(seed)
     psi = check_psi(psi)
     class_idx = check_class(class_idx, config.c_dim)
+    rotate, translate = check_transform(rotate, translate, config.arch)
     if noise not in NOISE_MODES:
         raise SpecError(f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}", field="noise")
     if truncation_cutoff is not None:
@@ -93,7 +140,7 @@ def make_spec(
             raise SpecError("mix_layers was given without mix_seed", field="mix_seed")
         mix_seed = check_seed(mix_seed, "mix_seed")
         layers = parse_layers(DEFAULT_MIX_LAYERS if mix_layers is None else mix_layers, config)
-    return SampleSpec(seed, psi, mix_seed, layers, noise, truncation_cutoff, class_idx)
+    return SampleSpec(seed, psi, mix_seed, layers, noise, truncation_cutoff, class_idx, rotate, translate)
 
 
 def make_specs(config: ModelConfig, seeds: Sequence[int], **params) -> list[SampleSpec]:
@@ -115,6 +162,7 @@ class BatchInputs:
     noise: list[np.ndarray] | None = None  # per layer [N, 1, r, r], only when some sample wants random or no noise
     noise_random: np.ndarray | None = None  # [N] bool: rows whose noise comes from `noise`, others use the buffers
     c: np.ndarray | None = None  # [N, c_dim] float32 one-hot class labels, only for class-conditional models
+    transform: np.ndarray | None = None  # [N, 3, 3] float32 StyleGAN3 input transforms, only when some row has one
 
     def __len__(self) -> int:
         return len(self.z)
@@ -134,6 +182,8 @@ def prepare_batch(specs: Sequence[SampleSpec], config: ModelConfig, noise_resolu
         inputs.mix_mask = np.zeros((n, num_ws), bool)
         for i, s in enumerate(specs):
             inputs.mix_mask[i, list(s.mix_layers)] = True
+    if any(s.transformed for s in specs):
+        inputs.transform = np.stack([image_transform(s.rotate, s.translate) for s in specs])
     if noise_resolutions and any(s.noise != "const" for s in specs):
         inputs.noise_random = np.array([s.noise != "const" for s in specs])  # noise=none: the zero maps below
         per_sample = [
@@ -182,6 +232,20 @@ def batch_noise(
     return [torch.where(rows, torch.from_numpy(n).to(device), const) for n, const in zip(inputs.noise, const_noise)]
 
 
+def batch_transform(inputs: BatchInputs, device: torch.device | str, explicit: bool = False) -> torch.Tensor | None:
+    """The StyleGAN3 input transforms [N, 3, 3] of a batch; None when no row has one, unless `explicit` (graphs with a
+    fixed input list), then identity rows."""
+    if inputs.transform is not None:
+        return torch.from_numpy(inputs.transform).to(device)
+    return torch.eye(3).expand(len(inputs), 3, 3).contiguous().to(device) if explicit else None
+
+
+def synthesis_args(inputs: BatchInputs, device: torch.device | str) -> dict:
+    """Keyword arguments of G.synthesis besides ws and noise: the transform when some row of the batch has one."""
+    transform = batch_transform(inputs, device)
+    return {} if transform is None else {"transform": transform}
+
+
 @torch.inference_mode()
 def run_eager(G, inputs: BatchInputs, device: torch.device | str = "cpu") -> torch.Tensor:
     """Run a ProgressiveGenerator on one batch -> [N, H, W, C] uint8 on `device`.
@@ -190,4 +254,4 @@ def run_eager(G, inputs: BatchInputs, device: torch.device | str = "cpu") -> tor
     sample (layers.EqualizedLinear) and convolutions always run on oneDNN (layers.conv2d).
     """
     ws = batch_styles(G.mapping, G.w_avg, inputs, device)
-    return to_uint8(G.synthesis(ws, batch_noise(inputs, G.const_noise(), device)))
+    return to_uint8(G.synthesis(ws, batch_noise(inputs, G.const_noise(), device), **synthesis_args(inputs, device)))

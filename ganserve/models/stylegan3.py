@@ -185,20 +185,26 @@ class SynthesisInput(nn.Module):
         grid = F.affine_grid(theta.unsqueeze(0), [1, 1, size, size], align_corners=False)  # [1, H, W, 2]
         self.register_buffer("grid", grid, persistent=False)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, w: torch.Tensor, transform: torch.Tensor | None = None) -> torch.Tensor:
+        """`transform`: an optional per-image inverse transform [N, 3, 3] (see image_transform) applied on top of
+        the stored one; identity rows leave an image bit for bit as without it."""
         assert_shape(w, (None, self.w_dim), "w")
         n = w.shape[0]
         # t = (r_c, r_s, t_x, t_y) from w, the rotation part normalised: the inverse rotation and translation of the
-        # image, composed as rotation @ translation @ user transform. Written out per element (2x2 and 2x1 parts).
+        # image, composed as rotation @ translation @ user transform. Written out per element (2x2 and 2x1 parts),
+        # so that each image's numbers are computed alone whatever the batch.
         t = self.affine(w)
         t = t / t[:, :2].norm(dim=1, keepdim=True)
         c, s, tx, ty = t.unbind(dim=1)  # [N] each
-        u = self.transform.to(w.dtype)
+        u = self.transform.to(w.dtype).unsqueeze(0)  # [1, 3, 3]
+        if transform is not None:
+            assert_shape(transform, (n, 3, 3), "transform")
+            u = (transform.to(w.dtype).unsqueeze(-1) * u.unsqueeze(1)).sum(dim=2)  # [N, 3, 3]: transform @ stored
         # m = m_r @ m_t @ u with m_r = [[c, -s, 0], [s, c, 0], [0, 0, 1]], m_t = [[1, 0, -tx], [0, 1, -ty], [0, 0, 1]]
         rt = torch.stack([torch.stack([c, -s, -c * tx + s * ty], dim=1),
                           torch.stack([s, c, -s * tx - c * ty], dim=1)], dim=1)  # [N, 2, 3] (the last row is 0 0 1)
-        m = rt[:, :, :2].unsqueeze(-1) * u[:2, :].view(1, 1, 2, 3)
-        m = m.sum(dim=2) + rt[:, :, 2:] * u[2, :].view(1, 1, 3)  # [N, 2, 3]
+        m = rt[:, :, :2].unsqueeze(-1) * u[:, :2, :].unsqueeze(1)
+        m = m.sum(dim=2) + rt[:, :, 2:] * u[:, 2, :].unsqueeze(1)  # [N, 2, 3]
         fx, fy = self.freqs[:, 0].view(1, -1), self.freqs[:, 1].view(1, -1)  # [1, C]
         phases = self.phases.view(1, -1) + fx * m[:, 0, 2:] + fy * m[:, 1, 2:]  # [N, C]
         freqs_x = fx * m[:, 0, 0:1] + fy * m[:, 1, 0:1]  # [N, C]: freqs @ m[:2, :2]
@@ -271,10 +277,10 @@ class SynthesisNetwork(nn.Module):
     def layers(self) -> list[SynthesisLayer]:
         return [getattr(self, name) for name in self.layer_names]
 
-    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, transform: torch.Tensor | None = None) -> torch.Tensor:
         assert_shape(ws, (None, self.num_ws, self.w_dim), "ws")
         ws = ws.to(torch.float32).unbind(dim=1)
-        x = self.input(ws[0])
+        x = self.input(ws[0], transform)
         for layer, w in zip(self.layers(), ws[1:]):
             x = layer(x, w)
         return x * self.output_scale if self.output_scale != 1 else x
@@ -289,12 +295,13 @@ class StyleGAN3Generator(MappedGenerator):
         mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, config.mapping_layers, config.mapping_lr_mul)
         super().__init__(config, mapping, SynthesisNetwork(config))
 
-    def synthesis(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def synthesis(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None,
+                  transform: torch.Tensor | None = None) -> torch.Tensor:
         """ws [N, num_ws, w_dim] -> image [N, C, R, R] in about [-1, 1]. StyleGAN3 has no noise inputs: `noise`
-        must be None or empty."""
+        must be None or empty. `transform`: per-image rotation/translation [N, 3, 3] (image_transform), or None."""
         if noise:
             raise ValueError(f"StyleGAN3 has no noise inputs, got {len(noise)} noise maps")
-        return self.synthesis_net(ws)
+        return self.synthesis_net(ws, transform)
 
     def noise_resolutions(self) -> list[int]:
         return []
@@ -306,7 +313,16 @@ class StyleGAN3Generator(MappedGenerator):
         """Rotate the generated images by `angle` degrees and translate them by `translate` (in units of the image,
         as NVlabs' gen_images.py --rotate/--translate): sets the input's user transform to the inverse of
         make_transform(translate, angle)."""
-        self.synthesis_net.input.transform.copy_(torch.from_numpy(np.linalg.inv(make_transform(translate, angle))))
+        self.synthesis_net.input.transform.copy_(torch.from_numpy(image_transform(angle, translate)))
+
+
+def image_transform(rotate: float = 0.0, translate: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """The float32 [3, 3] input transform that rotates an image by `rotate` degrees (counter-clockwise) and shifts it
+    by `translate` (x, y, in units of the image's width and height), as NVlabs' gen_images.py --rotate/--translate
+    set it; exactly the identity for (0, (0, 0))."""
+    if rotate == 0 and translate[0] == 0 and translate[1] == 0:
+        return np.eye(3, dtype=np.float32)
+    return np.linalg.inv(make_transform(translate, rotate)).astype(np.float32)
 
 
 def make_transform(translate: tuple[float, float], angle: float) -> np.ndarray:

@@ -45,7 +45,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     params = dict(psi=args.psi, mix_seed=args.mix_seed, mix_layers=args.mix_layers, model=args.model,
                   noise=args.noise, truncation_cutoff=args.truncation_cutoff, format=args.format,
-                  class_idx=args.class_idx)
+                  class_idx=args.class_idx, rotate=args.rotate, translate=args.translate)
     api_key = args.api_key or os.environ.get("GANSERVE_API_KEY")
     try:
         with Client(args.url, api_key=api_key) as client, tqdm(
@@ -101,6 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mix-layers")
     p.add_argument("--noise", choices=("const", "random", "none"))
     p.add_argument("--class", dest="class_idx", type=int, help="class label of a class-conditional model")
+    p.add_argument("--rotate", type=float, help="StyleGAN3: rotate the images by this many degrees")
+    p.add_argument("--translate", metavar="X,Y", help="StyleGAN3: shift the images by X,Y image sizes")
     p.add_argument("--format", choices=("png", "jpeg", "webp"), default="png")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
     p.add_argument("--api-key", help="the server's API key (or set GANSERVE_API_KEY)")

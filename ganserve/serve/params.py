@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ganserve.models.config import ModelConfig
 from ganserve.models.latents import MAX_SEED, PSI_MAX, PSI_MIN, SpecError, parse_layers, parse_seeds
-from ganserve.models.sampling import SampleSpec, make_spec
+from ganserve.models.sampling import ROTATE_MAX, SampleSpec, make_spec
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
@@ -48,6 +48,14 @@ class CommonParams(BaseModel):
         None, alias="class", ge=0, description="class label in [0, c_dim) of a class-conditional model (required "
         "for those; see c_dim in /models), not allowed for others"
     )
+    rotate: float | None = Field(
+        None, ge=-ROTATE_MAX, le=ROTATE_MAX, allow_inf_nan=False,
+        description="StyleGAN3 only: rotate the image by this many degrees (counter-clockwise)"
+    )
+    translate: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="StyleGAN3 only: shift the image by 'x,y' image sizes, e.g. '0.25,0'"
+    )
     model: str | None = Field(None, pattern=MODEL_NAME_PATTERN, description="served model name (default: the first)")
     format: ImageFormat = "png"
 
@@ -66,6 +74,10 @@ class GenerateBody(CommonParams):
     )
     mix_layers: str | Annotated[list[StrictInt], Field(min_length=1, max_length=64)] | None = Field(
         None, description="coarse, middle, fine, all, 'a-b', '0,1,4-5' or a list of ws indices"
+    )
+    translate: Annotated[list[float], Field(min_length=2, max_length=2)] | Annotated[
+        str, Field(min_length=1, max_length=64)] | None = Field(
+        None, description="StyleGAN3 only: shift the image by [x, y] (or 'x,y') image sizes"
     )
 
 
@@ -124,6 +136,6 @@ def make_job(
         )
     first = _check(
         "seed", make_spec, config, seeds[0], params.psi, params.mix_seed, params.mix_layers, params.noise,
-        params.truncation_cutoff, params.class_idx,
+        params.truncation_cutoff, params.class_idx, params.rotate, params.translate,
     )
     return Job(name, [first] + [dataclasses.replace(first, seed=s) for s in seeds[1:]], params.format)
