@@ -1,4 +1,4 @@
-# Shortcuts for the commands in README.md; each target is one of its lines (ci: .ci/run, which the README names).
+# Shortcuts for commands in README.md and the docs it links (ci: .ci/run, which the README names).
 .PHONY: test ci serve figures bench-backends bench-serve
 
 test:  # the test command
@@ -18,4 +18,4 @@ bench-backends:
 	python benchmarks/backends.py --model stylegan-emoji64 --backends torch,onnxruntime,compile,tensorrt --batch-sizes 1,8,32,64
 
 bench-serve:
-	python benchmarks/serve_bench.py --backend torch --workers 2 --profile --name serve_cpu_2workers
+	python benchmarks/serve_bench.py --backend torch --workers 2 --duration 12 --name serve_cpu_bundled
