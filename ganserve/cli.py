@@ -138,7 +138,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from ganserve.models.latents import parse_seeds
     from ganserve.models.sampling import iter_batches, make_specs
 
-    backend = load_backend(args.model or default_model(), args.backend, args.device)
+    backend = load_backend(args.model or default_model(), args.backend, args.device, precision=args.precision)
     if backend.device.type == "cpu":
         keep_freed_memory()  # the batches' buffers are reused instead of faulted in afresh (benchmarks/README.md)
     seeds = parse_seeds(args.seeds)
@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "compile", "onnxruntime", "tensorrt"),
                    help="inference backend; auto: the fastest that runs here (default)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+                   help="torch/compile backends on CUDA (default fp16 for ProGAN/StyleGAN; fp32 for StyleGAN2/3, "
+                        "where fp16 runs only the layers their source ran in float16)")
     p.add_argument("--format", choices=("png", "jpeg", "webp"), default="png")
     p.add_argument("--outdir", required=True)
     p.add_argument("--grid", help="also write all images as one grid PNG here")

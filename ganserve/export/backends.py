@@ -74,21 +74,32 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 class TorchBackend(Backend):
     """Eager PyTorch under inference_mode; batch-invariant on CPU (see run_eager).
 
-    On CUDA the synthesis network runs channels-last under autocast, fp16 by default (precision="fp32" or "bf16"
-    to change it); mapping, truncation and mixing stay float32.
+    On CUDA the synthesis network runs channels-last; mapping, truncation and mixing stay float32. ProGAN and StyleGAN
+    run under autocast, fp16 by default (precision="fp32" or "bf16" to change it). StyleGAN2/3 (imported) run in
+    float32 by default, as their weights were made; precision="fp16" (or "bf16") runs only the layers their source
+    ran in float16 (NVlabs' num_fp16_res highest resolutions, with its conv_clamp) in that precision.
     """
 
     name = "torch"
 
     def __init__(self, model_dir: Path, device: torch.device, precision: str | None = None):
         super().__init__(model_dir, device)
-        precision = precision or ("fp16" if device.type == "cuda" else "fp32")
+        self.G = load_model(model_dir, device)
+        layerwise = hasattr(self.G, "half_layers")  # StyleGAN2/3: reduced precision where the source used it
+        precision = precision or ("fp16" if device.type == "cuda" and not layerwise else "fp32")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if precision != "fp32" and device.type != "cuda":
             raise BackendUnavailable(f"{precision} inference needs a CUDA device; on {device} use fp32")
         self.precision = precision
-        self.G = load_model(model_dir, device)
+        self.autocast: torch.dtype | None = None if precision == "fp32" else PRECISIONS[precision]
+        self.half_layers = 0
+        if layerwise and self.autocast is not None:
+            self.half_layers = len(self.G.set_half_layers(self.autocast))
+            self.autocast = None
+            if not self.half_layers:
+                raise BackendUnavailable(f"{precision}: this {self.config.arch} model's source ran every layer in "
+                                         "float32 (num_fp16_res 0), so it has no float16 layers; use fp32")
         if device.type == "cuda":
             self.G = self.G.to(memory_format=torch.channels_last)
         self.noise_resolutions = self.G.noise_resolutions()
@@ -99,12 +110,16 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             ws = batch_styles(self.G.mapping, self.G.w_avg, inputs, self.device)
             noise = batch_noise(inputs, self.G.const_noise(), self.device)
-            dtype = PRECISIONS[self.precision]
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            with torch.autocast("cuda", dtype=self.autocast or torch.float16, enabled=self.autocast is not None):
                 return to_uint8(self.G.synthesis(ws, noise, **synthesis_args(inputs, self.device)))
 
+    def describe_precision(self) -> str:
+        if self.half_layers:
+            return f"{self.precision} in the source's {self.half_layers} float16 layers, fp32 elsewhere"
+        return self.precision
+
     def describe(self) -> str:
-        return f"{self.name} ({self.precision}) on {self.device}"
+        return f"{self.name} ({self.describe_precision()}) on {self.device}"
 
 
 # Imported here, after Backend, because each of them subclasses it; none imports its runtime until used.
@@ -137,6 +152,14 @@ def load_backend(model: str | Path, backend: str = "torch", device: str = "auto"
     """
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
+    options = {k: v for k, v in options.items() if v is not None}
+    if "precision" in options:  # a choice of the PyTorch backends: with auto, it means torch
+        backend = "torch" if backend == "auto" else backend
+        if backend not in ("torch", "compile", "tensorrt"):
+            raise ValueError(f"precision is an option of the torch, compile and tensorrt backends; {backend} runs "
+                             "the precision of its export (ganserve export --fp16)")
+        if backend == "tensorrt" and options["precision"] not in ("fp16", "fp32"):
+            raise ValueError(f"TensorRT engines are built in fp16 or fp32, not {options['precision']}")
     dev = resolve_device(device)
     path = _resolve(model)
     if backend != "auto":

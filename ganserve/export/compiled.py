@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganserve.export.backends import PRECISIONS, BackendUnavailable, TorchBackend
+from ganserve.export.backends import BackendUnavailable, TorchBackend
 from ganserve.imaging import to_uint8
 from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles, batch_transform
 
@@ -58,9 +58,8 @@ class CompileBackend(TorchBackend):
         self._compiled = torch.compile(self._synthesize, mode=self.mode, dynamic=False, fullgraph=True)
 
     def _synthesize(self, ws: torch.Tensor, noise: list[torch.Tensor], transform: torch.Tensor | None) -> torch.Tensor:
-        dtype = PRECISIONS[self.precision]
         extra = {} if transform is None else {"transform": transform}
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float16, enabled=self.autocast is not None):
             return to_uint8(self.G.synthesis(ws, noise or None, **extra))
 
     @torch.inference_mode()
@@ -83,4 +82,4 @@ class CompileBackend(TorchBackend):
         return images[:n].clone()  # CUDA graphs reuse their output memory on the next call
 
     def describe(self) -> str:
-        return f"{self.name} ({self.mode}, {self.precision}) on {self.device}"
+        return f"{self.name} ({self.mode}, {self.describe_precision()}) on {self.device}"

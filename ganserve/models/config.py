@@ -64,7 +64,7 @@ class ModelConfig:
     architecture: str = "skip"  # orig | skip | resnet
     resample_filter: list[float] = field(default_factory=lambda: [1.0, 3.0, 3.0, 1.0])  # FIR taps (separable)
     use_noise: bool = True
-    num_fp16_res: int = 0  # recorded from the source; ganserve runs the network in float32
+    num_fp16_res: int = 0  # as the source: its float16 layers, run in float16 only on request (precision fp16)
     # -- StyleGAN3 only (also uses c_dim, channel_base/max, conv_clamp, num_fp16_res above) ------------------------
     sg3_config: str = "t"  # t | r (what the layout below was designed as; the layout itself is what counts)
     sg3_input: dict[str, Any] = field(default_factory=dict)  # SynthesisInput: channels, size, sampling_rate, bandwidth
@@ -136,7 +136,8 @@ class ModelConfig:
         if not self.sg3_layers and not self.sg3_input:
             self.sg3_input, self.sg3_layers = stylegan3_layout(
                 self.resolution, self.img_channels, self.channel_base, self.channel_max,
-                conv_kernel=1 if self.sg3_config == "r" else 3, use_radial_filters=self.sg3_config == "r")
+                conv_kernel=1 if self.sg3_config == "r" else 3, use_radial_filters=self.sg3_config == "r",
+                num_fp16_res=self.num_fp16_res)
         if not isinstance(self.sg3_input, dict) or set(self.sg3_input) != set(SG3_INPUT_KEYS):
             raise ValueError(f"sg3_input must give {', '.join(SG3_INPUT_KEYS)}, got {self.sg3_input!r}")
         layers = self.sg3_layers

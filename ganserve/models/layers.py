@@ -22,6 +22,14 @@ def assert_shape(x: torch.Tensor, shape: tuple[int | None, ...], name: str = "te
         raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {shape}")
 
 
+def run_in_precision(dtype: torch.dtype | None, device_type: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), under autocast to `dtype` when one is given (a layer its source ran in float16)."""
+    if dtype is None:
+        return fn(*args, **kwargs)
+    with torch.autocast(device_type, dtype=dtype):
+        return fn(*args, **kwargs)
+
+
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Normalise each feature vector (dim 1) to unit average square (ProGAN section 4.2)."""
     if x.ndim == 4 and torch.onnx.is_in_onnx_export():
@@ -44,10 +52,10 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     fast as PyTorch's path; oneDNN is 3-10x slower on 3 output channels; a lone image is run as two rows, since bmm
     gives a single small product to multi-threaded GEMM) and every other convolution runs on oneDNN;
     both give the same bits at every batch size, 1 included, and thread count (tests/test_same_pixels.py). ONNX
-    export, torch.compile and other devices keep F.conv2d.
+    export, torch.compile, autocast and other devices keep F.conv2d.
     """
     if (not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export() and x.device.type == "cpu"
-            and x.dtype == torch.float32):
+            and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
         if weight.shape[-2:] == (1, 1) and groups == 1 and padding == 0:
             if len(x) == 1:  # bmm hands a lone small product to multi-threaded GEMM, which rounds otherwise
                 return conv2d(x.expand(2, -1, -1, -1), weight, bias)[:1]

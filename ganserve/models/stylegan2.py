@@ -15,7 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganserve.models.config import ModelConfig
-from ganserve.models.layers import LRELU_GAIN, LRELU_SLOPE, EqualizedLinear, assert_shape, conv2d, pixel_norm
+from ganserve.models.layers import (
+    LRELU_GAIN,
+    LRELU_SLOPE,
+    EqualizedLinear,
+    assert_shape,
+    conv2d,
+    pixel_norm,
+    run_in_precision,
+)
 
 # -- ops ----------------------------------------------------------------------------------------------------------
 
@@ -221,6 +229,7 @@ class SynthesisBlock(nn.Module):
         super().__init__()
         self.in_channels, self.w_dim, self.resolution = in_channels, w_dim, resolution
         self.img_channels, self.is_last, self.architecture = img_channels, is_last, architecture
+        self.half_dtype: torch.dtype | None = None
         self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
         layer = dict(w_dim=w_dim, resolution=resolution, use_noise=use_noise, resample_filter=resample_filter,
                      conv_clamp=conv_clamp)
@@ -243,6 +252,13 @@ class SynthesisBlock(nn.Module):
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
                 noise: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Runs in float32, or in `half_dtype` when set (MappedGenerator.set_half_layers)."""
+        if self.half_dtype is None and x is not None and x.dtype != torch.float32:
+            x = x.to(torch.float32)  # after a block that ran in float16
+        return run_in_precision(self.half_dtype, ws.device.type, self._forward, x, img, ws, noise)
+
+    def _forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
+                 noise: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
         assert_shape(ws, (None, self.num_conv + self.num_torgb, self.w_dim), "ws")
         w_iter = iter(ws.unbind(dim=1))
         if self.in_channels == 0:
@@ -258,7 +274,7 @@ class SynthesisBlock(nn.Module):
         if img is not None:
             img = upsample2d(img, self.resample_filter)
         if self.num_torgb:
-            y = self.torgb(x, next(w_iter))
+            y = self.torgb(x, next(w_iter)).to(torch.float32)  # the image sum stays float32, as in NVlabs' blocks
             img = img + y if img is not None else y
         return x, img
 
@@ -342,6 +358,19 @@ class MappedGenerator(nn.Module):
             c = F.one_hot(labels, self.config.c_dim).float()
         self.w_avg.copy_(self.mapping_net(z.to(self.w_avg.device), c).mean(dim=0))
 
+    def half_layers(self) -> list[nn.Module]:
+        """The synthesis blocks (StyleGAN2) or layers (StyleGAN3) that the source network ran in float16 (NVlabs'
+        `use_fp16`, its num_fp16_res highest resolutions); empty for a network that ran wholly in float32."""
+        raise NotImplementedError
+
+    def set_half_layers(self, dtype: torch.dtype | None) -> list[nn.Module]:
+        """Run the source's float16 layers in `dtype` (torch.float16 on CUDA as NVlabs does; None: float32 again),
+        the others in float32; returns those layers."""
+        layers = self.half_layers()
+        for layer in layers:
+            layer.half_dtype = dtype
+        return layers
+
     def parameter_counts(self) -> dict[str, int]:
         mapping = sum(p.numel() for p in self.mapping_net.parameters())
         total = sum(p.numel() for p in self.parameters())
@@ -366,6 +395,11 @@ class StyleGAN2Generator(MappedGenerator):
         if noise is not None and len(noise) != len(self.noise_resolutions()):
             raise ValueError(f"noise has {len(noise)} maps, this model takes {len(self.noise_resolutions())}")
         return self.synthesis_net(ws, noise)
+
+    def half_layers(self) -> list[SynthesisBlock]:
+        blocks = self.synthesis_net.blocks()  # NVlabs: the num_fp16_res highest resolutions, never 4x4
+        return [b for b in blocks[len(blocks) - self.config.num_fp16_res:] if b.resolution >= 8] if (
+            self.config.num_fp16_res > 0) else []
 
     def _noise_layers(self) -> list[SynthesisLayer]:
         return [layer for block in self.synthesis_net.blocks() for layer in block.layers() if layer.use_noise]

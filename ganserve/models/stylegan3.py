@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganserve.models.config import ModelConfig
-from ganserve.models.layers import LRELU_SLOPE, assert_shape, conv2d
+from ganserve.models.layers import LRELU_SLOPE, assert_shape, conv2d, run_in_precision
 from ganserve.models.stylegan2 import FullyConnectedLayer, MappedGenerator, MappingNetwork
 
 # -- filter design (new models only: imported ones keep the filters stored in the pickle) -------------------------
@@ -230,6 +230,8 @@ class SynthesisLayer(nn.Module):
         super().__init__()
         self.w_dim, self.conv_clamp = w_dim, conv_clamp
         self.is_torgb = bool(spec["is_torgb"])
+        self.use_fp16 = bool(spec.get("use_fp16", False))  # as the source ran it; see MappedGenerator.set_half_layers
+        self.half_dtype: torch.dtype | None = None
         self.in_channels, self.out_channels = spec["in_channels"], spec["out_channels"]
         self.in_size, self.out_size = spec["in_size"], spec["out_size"]
         self.conv_kernel, self.up_factor, self.down_factor = spec["conv_kernel"], spec["up_factor"], spec["down_factor"]
@@ -247,6 +249,11 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("down_filter", down)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.half_dtype is None and x.dtype != torch.float32:
+            x = x.to(torch.float32)  # after a layer that ran in float16
+        return run_in_precision(self.half_dtype, x.device.type, self._forward, x, w)
+
+    def _forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         assert_shape(x, (None, self.in_channels, self.in_size, self.in_size), "x")
         assert_shape(w, (x.shape[0], self.w_dim), "w")
         styles = self.affine(w)
@@ -283,6 +290,7 @@ class SynthesisNetwork(nn.Module):
         x = self.input(ws[0], transform)
         for layer, w in zip(self.layers(), ws[1:]):
             x = layer(x, w)
+        x = x.to(torch.float32) if x.dtype != torch.float32 else x  # the last layers may run in float16
         return x * self.output_scale if self.output_scale != 1 else x
 
 
@@ -308,6 +316,9 @@ class StyleGAN3Generator(MappedGenerator):
 
     def const_noise(self) -> list[torch.Tensor]:
         return []
+
+    def half_layers(self) -> list[SynthesisLayer]:
+        return [layer for layer in self.synthesis_net.layers() if layer.use_fp16]
 
     def set_transform(self, angle: float = 0.0, translate: tuple[float, float] = (0.0, 0.0)) -> None:
         """Rotate the generated images by `angle` degrees and translate them by `translate` (in units of the image,

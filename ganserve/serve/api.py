@@ -54,7 +54,8 @@ class IdleWaitBatchedLoop(BatchedLoop):
 
 class GeneratorAPI(ls.LitAPI):
     def __init__(
-        self, models: dict[str, Path], backend: str, state_dir: Path, cpu_threads: int | None = None, **litapi_options
+        self, models: dict[str, Path], backend: str, state_dir: Path, cpu_threads: int | None = None,
+        precision: str | None = None, **litapi_options
     ):
         # The batched loop even at max_batch_size=1, so that predict always receives a list.
         super().__init__(api_path="/generate", loop=IdleWaitBatchedLoop(), **litapi_options)
@@ -62,6 +63,7 @@ class GeneratorAPI(ls.LitAPI):
         self.backend_name = backend
         self.state_dir = state_dir  # where workers report to the main process: the backends chosen, or why none loaded
         self.cpu_threads = cpu_threads  # torch intra-op threads when the device is the CPU
+        self.precision = precision  # of the torch/compile backends on CUDA (None: their default)
         self.stopping = mp.get_context("spawn").Event()  # set by the main process right before it stops the workers
         # Images admitted and not yet answered, kept by the API process (Dispatcher), read by the workers (FairShare)
         self.demand = mp.get_context("spawn").RawValue("q", 0)
@@ -76,7 +78,8 @@ class GeneratorAPI(ls.LitAPI):
 
             setup_cpu_inference(self.cpu_threads)
         try:
-            self.backends = {name: load_backend(d, self.backend_name, device) for name, d in self.model_dirs.items()}
+            self.backends = {name: load_backend(d, self.backend_name, device, precision=self.precision)
+                             for name, d in self.model_dirs.items()}
         except Exception as e:
             _write(Path(self.state_dir) / "error.txt", f"{type(e).__name__}: {e}".splitlines()[0])
             raise

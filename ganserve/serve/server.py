@@ -60,6 +60,7 @@ class ServeOptions:
     api_key: str | None = None
     encode_threads: int | None = None
     cpu_threads: int | None = None  # per worker on CPU; default: the cores less one, shared among the workers (>= 1)
+    precision: str | None = None  # torch/compile on CUDA: fp32, fp16 or bf16 (default: TorchBackend's)
     timeout_s: float = 60.0  # an image that waited this long in the queue fails with 504
     log_level: str = "info"
 
@@ -225,7 +226,7 @@ def build_server(opts: ServeOptions) -> GanServer:
     workers = opts.workers_per_device or default_workers(device)
     cpu_threads = opts.cpu_threads or cpu_threads_per_worker(workers)
     api = GeneratorAPI(
-        models, backend, state_dir, cpu_threads, max_batch_size=opts.max_batch_size,
+        models, backend, state_dir, cpu_threads, precision=opts.precision, max_batch_size=opts.max_batch_size,
         batch_timeout=opts.batch_timeout_ms / 1000,
     )
     accelerator = "cuda" if device.type == "cuda" else "cpu"
