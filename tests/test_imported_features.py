@@ -13,6 +13,7 @@ import asyncio
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +221,39 @@ def test_async_client_gets_the_reference_pixels(server, reference, model):
     assert error.status == 422 and error.field == "psi"
 
 
+def test_sample_command_writes_the_stylegan3_images(server, reference, tmp_path):
+    r = ganserve("sample", "--url", server.url, "--model", "sg3", "--seeds", "0-5", "--psi", "0.8",
+                 "--mix-seed", "9", "--outdir", str(tmp_path), "--quiet")
+    assert r.returncode == 0, r.stderr
+    want = reference("sg3", list(range(6)), psi=0.8, mix_seed=9)
+    for seed in range(6):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"seed{seed:04d}.png")), want[seed]), seed
+
+
+@pytest.mark.slow
+def test_stylegan3_onnx_export_served_by_onnx_runtime_matches_torch(models, reference, tmp_path):
+    """`ganserve export` of the StyleGAN3 import, served with --backend onnxruntime: within one level of torch.
+    (An imported StyleGAN2 served from its export is in tests/test_same_pixels.py.)"""
+    model = Path(shutil.copytree(models["sg3"], tmp_path / "sg3"))
+    r = ganserve("export", "--model", str(model), "--quiet")
+    assert r.returncode == 0, r.stderr
+    flags = ["--backend", "onnxruntime", "--device", "cpu", "--workers-per-device", "1", "--log-level", "warning"]
+    with ServerProcess([f"sg3={model}"], *flags, log=tmp_path / "server.log") as server:
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            listed = http.get("/models").json()["models"]
+            assert [(m["backend"], m["num_ws"]) for m in listed] == [("onnxruntime", NUM_WS["sg3"])]
+            r = http.post("/generate", json={"seeds": "0-7", "psi": 0.7})
+            assert r.status_code == 200, r.text
+            parts = list(MultipartParser(boundary_of(r.headers["content-type"])).feed(r.content))
+            got = {int(p.headers["x-seed"]): pixels(p.body) for p in parts}
+            got[100] = get_image(http, seed=1, mix_seed=7, mix_layers="coarse", truncation_cutoff=4, psi=0.5)
+    want = {**reference("sg3", list(range(8)), psi=0.7),
+            100: reference("sg3", [1], mix_seed=7, mix_layers="coarse", truncation_cutoff=4, psi=0.5)[1]}
+    assert sorted(got) == sorted(want)
+    diff = np.abs(np.stack([got[s] for s in want]).astype(int) - np.stack(list(want.values())).astype(int))
+    assert (diff == 0).mean() >= 0.999 and diff.max() <= 1, ((diff == 0).mean(), diff.max())
+
+
 # -- the gallery ----------------------------------------------------------------------------------------------
 # [seed, RGBA pixels] of every decoded image in the seed grid, read back through a canvas.
 GRID_PIXELS = """
@@ -310,9 +344,10 @@ def swd_json(capsys, model: Path, data: Path, *flags: str) -> dict:
 
 @pytest.mark.parametrize("model", ["sg2", "sg3"])
 def test_eval_scores_an_imported_model(models, eval_data, model, capsys):
-    r = ganserve("eval", "--model", str(models[model]), "--data", str(eval_data), "--num", "16", "--device", "cpu")
-    assert r.returncode == 0, r.stderr
-    assert "generated vs real" in r.stdout and "real vs real (floor)" in r.stdout and "classes" not in r.stdout
+    assert main(["eval", "--model", str(models[model]), "--data", str(eval_data), "--num", "16", "--device",
+                 "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "generated vs real" in out and "real vs real (floor)" in out and "classes" not in out
     result = swd_json(capsys, models[model], eval_data)
     assert result["num"] == 16 and result["fake"]["avg"] > 0 and "classes" not in result
     assert main(["eval", "--model", str(models[model]), "--data", str(eval_data), "--class", "0"]) == 2
@@ -348,3 +383,14 @@ def test_eval_of_a_class_conditional_model_draws_classes_or_takes_one(tmp_path, 
     assert main(["eval", "--model", str(model), "--data", str(eval_data), "--class", "-1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "class" in err and "[0, 3]" in err, err
+
+
+def test_eval_of_a_class_conditional_stylegan3(tmp_path, eval_data, capsys):
+    model = imported(tmp_path, "sg3-cond", c_dim=3)
+    uniform = swd_json(capsys, model, eval_data)
+    assert uniform["classes"]["sampled"] == "uniform" and sum(uniform["classes"]["counts"]) == 16
+    only = swd_json(capsys, model, eval_data, "--class", "2")
+    assert only["classes"] == {"class": 2, "counts": [0, 0, 16]} and only["fake"] != uniform["fake"]
+    assert main(["eval", "--model", str(model), "--data", str(eval_data), "--class", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "class" in err and "[0, 2]" in err, err
