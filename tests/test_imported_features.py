@@ -1,6 +1,7 @@
 """Everything ganserve does, on imported StyleGAN2 and StyleGAN3 models: the HTTP server (GET, batched POST,
-truncation, style mixing, /models, /metrics), the Python client (blocking and async), the compile backend, the
-gallery in headless Chromium, and `ganserve eval` (including class-conditional models).
+truncation, style mixing, /models, /metrics), the Python client (blocking and async) and `ganserve sample`, an ONNX
+export served by ONNX Runtime, the compile backend, the gallery in headless Chromium, and `ganserve eval` (including
+class-conditional models).
 
 The models are NVlabs-format pickles written by the test writers of tests/test_import_stylegan2.py and
 tests/test_stylegan3.py, imported with ganserve's importer; one server on loopback serves both for the module.
@@ -35,7 +36,7 @@ from ganserve.serve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
-NUM_WS = {"sg2": 6, "sg3": 8}  # 16x16: StyleGAN2 2 * log2(16) - 2; the StyleGAN3 writer's 6 layers + input + last
+NUM_WS = {"sg2": 6, "sg3": 8}  # the writers' 16x16 networks, as tests/test_import_stylegan2.py and test_stylegan3.py
 
 
 def imported(tmp: Path, name: str, c_dim: int = 0) -> Path:
