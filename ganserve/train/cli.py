@@ -103,6 +103,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from ganserve.cli import default_model
     from ganserve.devices import resolve_device
+    from ganserve.models.sampling import check_class
     from ganserve.models.weights import load_model, resolve_model
     from ganserve.train.checkpoint import CHECKPOINT_DIR, list_checkpoints
     from ganserve.train.data import load_images
@@ -132,7 +133,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             if reference is None:  # the reals and the floor, once for the whole run
                 reals = load_images(args.data, cfg.resolution, cfg.img_channels, args.background, min_images=2)
                 reference = RealReference(reals, args.num, args.seed)
-            result = reference.score(G, args.batch_size, device, stage=position["stage"], alpha=position["alpha"])
+            result = reference.score(G, args.batch_size, device, stage=position["stage"], alpha=position["alpha"],
+                                     class_idx=args.class_idx)
             rows.append({"checkpoint": path.name, **position, "resolution": 4 * 2 ** position["stage"], **result})
             if not args.json:
                 print(format_checkpoint_row(position, result, cfg.resolution), flush=True)
@@ -141,8 +143,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         return
     G = load_model(resolve_model(args.model) if args.model else target, device)
     cfg = G.config
+    if args.class_idx is not None:
+        check_class(args.class_idx, cfg.c_dim)  # a bad --class fails before the data is read
     reals = load_images(args.data, cfg.resolution, cfg.img_channels, args.background, min_images=2)
-    result = evaluate_swd(G, reals, args.num, args.batch_size, args.seed, device)
+    result = evaluate_swd(G, reals, args.num, args.batch_size, args.seed, device, class_idx=args.class_idx)
     if args.json:
         print(json.dumps(result))
     else:
@@ -168,7 +172,11 @@ def register(subparsers) -> None:
     p.add_argument("--num", type=int, default=10000, help="images per set (capped at half the data set)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the real halves, the SWD projections and a class-conditional model's classes")
+    p.add_argument("--class", dest="class_idx", type=int,
+                   help="a class-conditional model: score only this class in [0, c_dim) (default: classes drawn "
+                        "uniformly, seeded by --seed)")
     p.add_argument("--background", default="white")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
