@@ -6,13 +6,15 @@ it as that code's training loop does, imports it with `ganserve import` in a fre
 a few seeds with the reference's generation (NVlabs: G(z, c, truncation_psi, noise_mode='const'); rosinality:
 g_ema([z], truncation, truncation_latent, randomize_noise=False)). Nothing of the reference is kept.
 
-    git --git-dir=$(ganserve-fetch NVlabs/stylegan2-ada-pytorch) archive HEAD | tar -x -C /tmp/nv
+    git clone https://github.com/NVlabs/stylegan2-ada-pytorch /tmp/nv   # and NVlabs/stylegan3, rosinality/...
     python benchmarks/import_agreement.py ada /tmp/nv --resolution 32 --conv-clamp 256
     python benchmarks/import_agreement.py sg3 /tmp/sg3 --resolution 64 --num-fp16-res 4   # pkg_resources import
                                                       # in torch_utils/ops patched to packaging.version
     python benchmarks/import_agreement.py rosinality /tmp/ros --resolution 32   # op/ CUDA loads patched out
     python benchmarks/import_agreement.py sg3-t /tmp/sg3 --resolution 32   # stylegan3's networks_stylegan3, config T
     python benchmarks/import_agreement.py sg3-r /tmp/sg3 --resolution 32   # config R (1x1 convs, radial filters)
+    python benchmarks/import_agreement.py sg3-t /tmp/sg3 --rotate 30 --translate 0.1,-0.2   # gen_images.py's
+                                                      # --rotate/--translate against ganserve's per-image transform
 
 Prints one line per psi (and class): max |float difference| and the fraction of equal uint8 values.
 """
@@ -102,6 +104,8 @@ def build_nvlabs(args, workdir: Path):
     def reference(z, c, psi):
         return G(z, c, truncation_psi=psi, noise_mode="const")
 
+    reference.G = G  # its input transform is set for --rotate/--translate
+
     return path, reference, args.c_dim
 
 
@@ -136,7 +140,13 @@ def main() -> None:
     p.add_argument("--num-fp16-res", type=int, default=0)
     p.add_argument("--architecture", default="skip")
     p.add_argument("--seeds", default="0-7")
+    p.add_argument("--rotate", type=float, default=0.0, help="StyleGAN3: degrees, as gen_images.py --rotate")
+    p.add_argument("--translate", default="0,0", help="StyleGAN3: x,y, as gen_images.py --translate")
     args = p.parse_args()
+    args.translate = tuple(float(v) for v in args.translate.split(","))
+    moved = args.rotate != 0 or args.translate != (0.0, 0.0)
+    if moved and not args.kind.startswith("sg3-"):
+        sys.exit("--rotate/--translate need a StyleGAN3 kind (sg3-t, sg3-r)")
     args.conv_clamp = None if args.conv_clamp <= 0 or args.kind == "rosinality" else args.conv_clamp
     a, b = (int(s) for s in args.seeds.split("-"))
     seeds = list(range(a, b + 1))
@@ -153,7 +163,16 @@ def main() -> None:
         sys.path.insert(0, str(REPO))
         from ganserve.imaging import to_uint8
         from ganserve.models.latents import seeds_to_z, truncation
+        from ganserve.models.stylegan3 import image_transform, make_transform
         from ganserve.models.weights import load_model
+
+        moving = {}
+        if moved:  # the reference as gen_images.py moves it: the model's input transform; ganserve: per image
+            with torch.no_grad():
+                reference.G.synthesis.input.transform.copy_(
+                    torch.from_numpy(np.linalg.inv(make_transform(args.translate, args.rotate))))
+            rows = np.stack([image_transform(args.rotate, args.translate)] * len(seeds))
+            moving = {"transform": torch.from_numpy(rows)}
 
         H = load_model(out)
         z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(args.z_dim) for s in seeds])).float()
@@ -165,12 +184,13 @@ def main() -> None:
                     c[:, cls] = 1
                 with torch.no_grad():
                     ref = reference(z, c, psi).float()
-                    got = H.synthesis(truncation(H.mapping(z, c if c_dim else None), H.w_avg, psi))
+                    got = H.synthesis(truncation(H.mapping(z, c if c_dim else None), H.w_avg, psi), **moving)
                 nv8 = lambda x: (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)  # noqa: E731 - NVlabs' generate.py
                 arch = "" if args.kind.startswith("sg3-") else f" {args.architecture}"
                 label = f"{args.kind} {args.resolution}x{args.resolution}{arch} c_dim={c_dim} " \
                         f"fp16_res={args.num_fp16_res} clamp={args.conv_clamp} psi={psi}" + \
-                        (f" class={cls}" if cls is not None else "")
+                        (f" class={cls}" if cls is not None else "") + \
+                        (f" rotate={args.rotate:g} translate={args.translate}" if moved else "")
                 print(f"{label}: max|diff| {(ref - got).abs().max().item():.2e}  uint8 equal "
                       f"{(nv8(ref) == nv8(got)).float().mean().item():.4%} (generate.py rounding), "
                       f"{(to_uint8(ref) == to_uint8(got)).float().mean().item():.4%} (ganserve to_uint8), "
