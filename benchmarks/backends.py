@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 
 from ganserve.devices import keep_freed_memory, resolve_device
-from ganserve.export.backends import Backend, BackendUnavailable, load_backend
-from ganserve.models.sampling import make_specs
+from ganserve.errors import BackendUnavailable
+from ganserve.inference.backend import Backend
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_specs
 from ganserve.models.weights import resolve_model
 
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "compile", "tensorrt")

@@ -25,8 +25,8 @@ CHILD = """
 import json, resource, sys, time
 import torch
 from ganserve.devices import keep_freed_memory
-from ganserve.export.backends import load_backend
-from ganserve.models.sampling import make_specs
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_specs
 from ganserve.models.weights import resolve_model
 model, batch, seconds, mode = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 torch.set_num_threads(1)

@@ -22,10 +22,10 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 
 from ganserve.devices import cpu_threads_per_worker
-from ganserve.export.backends import load_backend
 from ganserve.imaging import encode
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_spec
 from ganserve.models.latents import MAX_SEED
-from ganserve.models.sampling import make_spec
 from ganserve.serve.encoding import PNG_LEVEL
 
 OPTIONS_VARIABLE = "GANSERVE_NAIVE_SERVER_OPTIONS"

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ganserve.export.backends import load_backend
 from ganserve.imaging import encode_png
-from ganserve.models.sampling import make_specs
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_specs
 from ganserve.models.weights import resolve_model
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -122,9 +122,9 @@ def combine_ceiling(*parts: dict[int, dict]) -> dict[int, dict]:
 def _ceiling_worker(model, backend, device, cpu_threads, encode_threads, sizes, seconds, rounds, barrier, results):
     try:
         from ganserve.devices import resolve_device, setup_cpu_inference
-        from ganserve.export.backends import load_backend
         from ganserve.imaging import encode
-        from ganserve.models.sampling import make_specs
+        from ganserve.inference.registry import load_backend
+        from ganserve.inference.sampling import make_specs
         from ganserve.serve.encoding import PNG_LEVEL
 
         dev = resolve_device(device)

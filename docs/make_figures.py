@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ganserve.export.backends import load_backend
 from ganserve.imaging import make_grid, to_pil
-from ganserve.models.sampling import make_spec, make_specs
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_spec, make_specs
 from ganserve.models.weights import resolve_model
 
 PSIS = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)

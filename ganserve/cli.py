@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from pathlib import Path
 
 import torch
 
+from ganserve.errors import GanserveError, UsageError
 from ganserve.models.config import ARCHS, ModelConfig
-from ganserve.models.latents import SpecError
 from ganserve.models.weights import DEFAULT_MODEL
 
 # The help of --model where it may be left out (generate, eval, export): the model `ganserve serve` serves by default.
@@ -24,11 +23,6 @@ MODEL_DEFAULT_HELP = f"(default: the bundled {DEFAULT_MODEL}, as for `ganserve s
 _SUBCOMMAND_MODULES = ("ganserve.train.cli", "ganserve.export.cli", "ganserve.serve.cli")
 
 
-class CLIError(ValueError):
-    """An error for the user: printed as one line, exit status 2. (A ValueError, so it is caught even when this
-    module runs as __main__ and the subcommand modules import a second copy of it.)"""
-
-
 def default_model() -> Path:
     """The bundled default model's directory: what `generate`, `eval` and `export` use when --model is left out,
     and what `ganserve serve` serves first when given no model."""
@@ -36,7 +30,7 @@ def default_model() -> Path:
 
     zoo = bundled_models()
     if not zoo:
-        raise CLIError("no --model given and this installation bundles no model: pass a model directory, e.g. "
+        raise UsageError("no --model given and this installation bundles no model: pass a model directory, e.g. "
                        "`ganserve init --arch stylegan --resolution 64 --out m64` and then --model m64")
     return next(iter(zoo.values()))  # DEFAULT_MODEL when it is installed
 
@@ -72,13 +66,13 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     if args.model:
         if args.arch or args.resolution:
-            raise CLIError("give a model directory or --arch/--resolution, not both")
+            raise UsageError("give a model directory or --arch/--resolution, not both")
         source = resolve_model(args.model)
         config = load_config(source)
     elif args.arch and args.resolution:
         source, config = None, _config_from_args(args)
     else:
-        raise CLIError("give a model directory, or --arch and --resolution")
+        raise UsageError("give a model directory, or --arch and --resolution")
     with torch.device("meta"):  # counts parameters without allocating them
         counts = build_generator(config).parameter_counts()
     print(f"model:        {source if source else '(new, randomly initialised)'}")
@@ -117,7 +111,7 @@ def cmd_init(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     if (out / CONFIG_NAME).exists() and not args.force:
-        raise CLIError(f"{out} already holds a model; pass --force to overwrite it")
+        raise UsageError(f"{out} already holds a model; pass --force to overwrite it")
     config = _config_from_args(args)
     torch.manual_seed(args.seed)
     G = build_generator(config)
@@ -133,10 +127,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from ganserve.devices import keep_freed_memory
-    from ganserve.export.backends import load_backend
     from ganserve.imaging import encode, make_grid, to_pil
+    from ganserve.inference.registry import load_backend
+    from ganserve.inference.sampling import iter_batches, make_specs
     from ganserve.models.latents import parse_seeds
-    from ganserve.models.sampling import iter_batches, make_specs
 
     backend = load_backend(args.model or default_model(), args.backend, args.device, precision=args.precision)
     if backend.device.type == "cpu":
@@ -171,10 +165,6 @@ def cmd_import(args: argparse.Namespace) -> None:
     from ganserve.models.importers import import_checkpoint
 
     import_checkpoint(args.checkpoint, args.out, network=args.network, license=args.license, force=args.force)
-
-
-def cmd_serve(args: argparse.Namespace) -> None:
-    raise CLIError("the HTTP server is not part of this version of ganserve yet; use `ganserve generate` meanwhile")
 
 
 # -- parser ----------------------------------------------------------------------------------------------------
@@ -233,23 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import)
 
     for module in _SUBCOMMAND_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).register(sub)
-    if "serve" not in sub.choices:
-        p = sub.add_parser("serve", help="serve models over HTTP")
-        p.add_argument("models", nargs="*")
-        p.set_defaults(func=cmd_serve)
+        importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ganserve.models.weights import ModelLoadError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (CLIError, SpecError, ModelLoadError, ValueError, FileNotFoundError) as e:
+    except (GanserveError, FileNotFoundError) as e:  # anything else is a bug: its traceback shows
         print(f"ganserve {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -52,7 +52,7 @@ def _params(**params: Any) -> dict[str, Any]:
 
 def _seed_list(seeds: int | str | Iterable[int]) -> list[int]:
     if isinstance(seeds, str):
-        from ganserve.models.latents import parse_seeds  # the one seed-list parser (imports torch: only when needed)
+        from ganserve.models.latents import parse_seeds  # the one seed-list parser (imports torch: only when needed
 
         return parse_seeds(seeds)
     return [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ganserve.errors import UsageError
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD" in microseconds, or "max PERIOD"
 
@@ -27,11 +29,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but this machine has no CUDA GPU (torch sees none)")
+            raise UsageError(f"device {name!r} asked for, but this machine has no CUDA GPU (torch sees none)")
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}")
+    raise UsageError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}")
 
 
 def cpu_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ganserve.errors import UsageError
+
 FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 
 
@@ -36,7 +38,7 @@ def to_pil(pixels: np.ndarray) -> Image.Image:
 def encode(pixels: np.ndarray, fmt: str = "png", compress_level: int = 1, quality: int = 90) -> bytes:
     """Encode one [H, W, C] uint8 image as png (lossless; fast level by default), jpeg or webp."""
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "png":
         return encode_png(pixels, compress_level)
     buf = io.BytesIO()

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from ganserve.export.backends import AUTO_ORDER, BACKENDS, BackendUnavailable, TorchBackend, load_backend
-from ganserve.export.compiled import BUCKETS, bucket_for, pad_rows
-from ganserve.models.sampling import make_specs
+from ganserve.errors import BackendUnavailable
+from ganserve.inference.compiled import BUCKETS, bucket_for, pad_rows
+from ganserve.inference.registry import AUTO_ORDER, BACKENDS, load_backend
+from ganserve.inference.sampling import make_specs
+from ganserve.inference.torch_backend import TorchBackend
 
 CPU = torch.device("cpu")
 HAS_CUDA = torch.cuda.is_available()
@@ -87,7 +89,7 @@ def test_buckets_and_padding_keep_every_row():
         bucket_for(BUCKETS[-1] + 1)
     from conftest import tiny_config
 
-    from ganserve.models.sampling import prepare_batch
+    from ganserve.inference.sampling import prepare_batch
 
     config = tiny_config("stylegan")
     inputs = prepare_batch(mixed_specs(config, 5), config, [4, 4, 8, 8, 16, 16])
@@ -102,7 +104,7 @@ def test_tensorrt_graph_module_exports_with_a_dynamic_batch_and_matches_synthesi
     packed into one input) traced by torch.export with a dynamic batch, then run at another batch size."""
     from conftest import tiny_generator
 
-    from ganserve.export.trt_backend import export_program, pack_noise, synthesis_module
+    from ganserve.export.tensorrt import export_program, pack_noise, synthesis_module
 
     G = tiny_generator(arch)
     module, examples = synthesis_module(G, fp16=False)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganserve.export.backends import load_backend
-from ganserve.models.sampling import make_spec
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_spec
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 needs_locust = pytest.mark.skipif(importlib.util.find_spec("locust") is None,

@@ -17,9 +17,9 @@ from PIL import Image
 from test_stylegan2 import tiny_sg2
 
 from ganserve.client import AsyncClient, Client, ServerError
-from ganserve.export.backends import load_backend
-from ganserve.models.latents import SpecError
-from ganserve.models.sampling import SampleSpec, make_spec, make_specs
+from ganserve.errors import SpecError
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import SampleSpec, make_spec, make_specs
 from ganserve.models.weights import save_model
 from ganserve.serve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess

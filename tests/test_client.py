@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from ganserve.client import AsyncClient, Client, ServerError
-from ganserve.export.backends import load_backend
-from ganserve.models.sampling import make_spec
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_spec
 from ganserve.serve.multipart import MultipartParser, closing, part
 from ganserve.serve.process import ServerProcess
 

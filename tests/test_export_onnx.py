@@ -11,11 +11,13 @@ import pytest
 import torch
 from conftest import tiny_generator
 
+from ganserve.errors import BackendUnavailable
 from ganserve.export.artifacts import read_manifest
-from ganserve.export.backends import BackendUnavailable, TorchBackend, load_backend
 from ganserve.export.onnx_export import MAPPING_FILE, SYNTHESIS_FILE, check_graph, export_onnx
-from ganserve.export.ort_backend import OnnxRuntimeBackend
-from ganserve.models.sampling import batch_noise, batch_styles, make_specs
+from ganserve.inference.ort import OnnxRuntimeBackend
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import batch_noise, batch_styles, make_specs
+from ganserve.inference.torch_backend import TorchBackend
 from ganserve.models.weights import save_model, weights_sha256
 
 CPU = torch.device("cpu")
@@ -211,8 +213,8 @@ def test_cli_export_runs_in_a_fresh_process_from_its_folder_alone(exported, tmp_
     shutil.copytree(out, moved)
     script = (
         "import sys, numpy as np\n"
-        "from ganserve.export.backends import load_backend\n"
-        "from ganserve.models.sampling import make_specs\n"
+        "from ganserve.inference import load_backend\n"
+        "from ganserve.inference.sampling import make_specs\n"
         "b = load_backend(sys.argv[1], 'onnxruntime', 'cpu')\n"
         "specs = make_specs(b.config, list(range(6)), psi=0.7, mix_seed=3, mix_layers='0-3')\n"
         "np.save(sys.argv[2], b.generate(specs))\n"

@@ -14,8 +14,9 @@ import pytest
 import torch
 from test_stylegan2 import tiny_sg2
 
-from ganserve.export.backends import BackendUnavailable, load_backend
+from ganserve.errors import BackendUnavailable
 from ganserve.imaging import to_uint8
+from ganserve.inference.registry import load_backend
 from ganserve.models import build_generator
 from ganserve.models.config import ModelConfig
 from ganserve.models.latents import seeds_to_z
@@ -100,7 +101,7 @@ def test_fp16_on_cuda_runs_the_sources_float16_layers_and_agrees_with_fp32(tmp_p
     assert fp32.precision == "fp32"  # imported StyleGANs run in float32 unless asked
     fp16 = load_backend(model, "torch", "cuda", precision="fp16")
     assert fp16.half_layers == 2 and "2 float16 layers" in fp16.describe()
-    from ganserve.models.sampling import make_specs
+    from ganserve.inference.sampling import make_specs
 
     specs = make_specs(fp32.config, list(range(8)))
     diff = np.abs(fp16.generate(specs).astype(int) - fp32.generate(specs).astype(int))

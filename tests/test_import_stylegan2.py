@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganserve.imaging import to_uint8
+from ganserve.inference.sampling import make_specs, prepare_batch, run_eager
 from ganserve.models.latents import seeds_to_z, truncation
-from ganserve.models.sampling import make_specs, prepare_batch, run_eager
 from ganserve.models.weights import load_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -29,9 +29,9 @@ from test_stylegan3 import write_sg3_pickle
 
 from ganserve.cli import main
 from ganserve.client import AsyncClient, Client, ServerError
-from ganserve.export.backends import load_backend
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_spec
 from ganserve.models.importers import import_checkpoint
-from ganserve.models.sampling import make_spec
 from ganserve.serve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from ganserve.errors import SpecError
 from ganserve.models.latents import (
     MAX_SEED,
-    SpecError,
     check_psi,
     layer_presets,
     noise_for_seed,
@@ -137,7 +137,7 @@ def test_random_noise_is_reproducible_per_seed_and_distinct_from_z():
 def test_each_spec_error_names_the_request_field_it_concerns():
     from conftest import tiny_config
 
-    from ganserve.models.sampling import make_spec
+    from ganserve.inference.sampling import make_spec
 
     config = tiny_config("stylegan")
     cases = [

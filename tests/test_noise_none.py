@@ -14,11 +14,11 @@ from conftest import tiny_generator
 from PIL import Image
 from test_stylegan2 import tiny_sg2
 
-from ganserve.export.backends import load_backend
+from ganserve.errors import SpecError
 from ganserve.export.onnx_export import export_onnx
-from ganserve.export.ort_backend import OnnxRuntimeBackend
-from ganserve.models.latents import SpecError
-from ganserve.models.sampling import make_spec, make_specs, prepare_batch, run_eager
+from ganserve.inference.ort import OnnxRuntimeBackend
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_spec, make_specs, prepare_batch, run_eager
 from ganserve.models.weights import save_model
 
 SEEDS = list(range(8))

@@ -22,9 +22,9 @@ from conftest import tiny_generator
 from PIL import Image
 from test_stylegan2 import tiny_sg2
 
-from ganserve.export.backends import load_backend
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import batch_styles, make_specs, prepare_batch
 from ganserve.models.layers import conv2d
-from ganserve.models.sampling import batch_styles, make_specs, prepare_batch
 from ganserve.models.weights import save_model
 from ganserve.serve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess

@@ -3,9 +3,10 @@ import pytest
 import torch
 from conftest import tiny_generator
 
+from ganserve.errors import SpecError
 from ganserve.imaging import to_uint8
-from ganserve.models.latents import SpecError, seeds_to_z
-from ganserve.models.sampling import make_spec, make_specs, prepare_batch, run_eager
+from ganserve.inference.sampling import make_spec, make_specs, prepare_batch, run_eager
+from ganserve.models.latents import seeds_to_z
 
 
 def generate(G, seeds, **params) -> np.ndarray:

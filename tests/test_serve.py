@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from ganserve.client import Client
-from ganserve.export.backends import load_backend
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_spec
 from ganserve.models import ModelConfig, build_generator
-from ganserve.models.sampling import make_spec
 from ganserve.models.weights import save_model
 from ganserve.serve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess

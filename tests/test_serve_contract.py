@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from test_truncation_contract import assert_same_image, independent_images
 
-from ganserve.export.backends import load_backend
-from ganserve.models.sampling import make_spec
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_spec
 from ganserve.serve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ganserve.inference.sampling import make_specs, prepare_batch, run_eager
 from ganserve.models import ModelConfig, build_generator
-from ganserve.models.sampling import make_specs, prepare_batch, run_eager
 from ganserve.models.stylegan2 import StyleGAN2Generator, conv2d_up, setup_filter, upsample2d, zero_insert
 from ganserve.models.weights import load_model, save_model
 

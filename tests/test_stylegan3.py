@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from test_import_stylegan2 import FullyConnectedLayer, MappingNetwork, Persistent, fake_nvlabs_modules, ganserve
 from torch import nn
 
+from ganserve.errors import SpecError
 from ganserve.export.onnx_export import export_onnx
 from ganserve.imaging import to_uint8
+from ganserve.inference.sampling import make_specs, prepare_batch, run_eager
 from ganserve.models import ModelConfig, build_generator
 from ganserve.models.config import stylegan3_layout
-from ganserve.models.latents import SpecError, layer_presets, parse_layers, seeds_to_z, truncation
-from ganserve.models.sampling import make_specs, prepare_batch, run_eager
+from ganserve.models.latents import layer_presets, parse_layers, seeds_to_z, truncation
 from ganserve.models.stylegan3 import design_lowpass_filter, make_transform
 from ganserve.models.weights import load_model, save_model
 
@@ -399,8 +400,8 @@ def test_set_transform_rotates_as_nvlabs_gen_images():
 
 
 def test_onnx_export_agrees_with_torch(tmp_path):
-    from ganserve.export.backends import TorchBackend
-    from ganserve.export.ort_backend import OnnxRuntimeBackend
+    from ganserve.inference.ort import OnnxRuntimeBackend
+    from ganserve.inference.torch_backend import TorchBackend
 
     model = save_model(tiny_sg3("t", resolution=32), tmp_path / "m")
     cpu = torch.device("cpu")
@@ -419,7 +420,7 @@ def test_onnx_export_agrees_with_torch(tmp_path):
 def test_mixing_presets_of_a_request_follow_stylegan3s_own_ws():
     """make_spec (the CLI and the server validate through it) maps presets onto StyleGAN3's 16 ws at 1024x1024,
     where StyleGAN2's numbering would allow indices up to 17."""
-    from ganserve.models.sampling import make_spec
+    from ganserve.inference.sampling import make_spec
 
     config = ModelConfig(arch="stylegan3", resolution=1024)
     chosen = {p: make_spec(config, 1, mix_seed=2, mix_layers=p).mix_layers for p in ("coarse", "middle", "fine")}

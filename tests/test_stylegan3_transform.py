@@ -18,9 +18,9 @@ from test_stylegan2 import tiny_sg2
 from test_stylegan3 import tiny_sg3
 
 from ganserve.client import Client, ServerError
-from ganserve.export.backends import load_backend
-from ganserve.models.latents import SpecError
-from ganserve.models.sampling import make_spec, prepare_batch, run_eager
+from ganserve.errors import SpecError
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_spec, prepare_batch, run_eager
 from ganserve.models.stylegan3 import image_transform, make_transform
 from ganserve.models.weights import load_model, save_model
 from ganserve.serve.multipart import MultipartParser, boundary_of

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ganserve.export.backends import load_backend
 from ganserve.imaging import to_uint8
-from ganserve.models.sampling import batch_styles, make_specs
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import batch_styles, make_specs
 
 PSIS_OUTSIDE_0_1 = [-1.0, -0.5, 1.5, 2.0]
 SEEDS = [3, 4, 11]

@@ -4,17 +4,10 @@ import pytest
 import torch
 from conftest import tiny_generator
 
+from ganserve.errors import ModelLoadError
 from ganserve.imaging import to_uint8
 from ganserve.models.latents import seeds_to_z
-from ganserve.models.weights import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    ModelLoadError,
-    load_model,
-    resolve_model,
-    save_model,
-    weights_sha256,
-)
+from ganserve.models.weights import CONFIG_NAME, WEIGHTS_NAME, load_model, resolve_model, save_model, weights_sha256
 
 
 def test_save_load_generate_gives_identical_images(arch, tmp_path):

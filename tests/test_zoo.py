@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganserve.export.backends import load_backend
-from ganserve.models.sampling import make_spec, make_specs
+from ganserve.inference.registry import load_backend
+from ganserve.inference.sampling import make_spec, make_specs
 from ganserve.models.weights import DEFAULT_MODEL, WEIGHTS_NAME, bundled_models, load_config, resolve_model
 from ganserve.serve.process import ServerProcess
 

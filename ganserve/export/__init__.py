@@ -1,6 +1,2 @@
-"""ONNX and TensorRT export, and the inference backends behind one interface (see backends.py).
-
-Owns nothing itself: importing the package loads backends.py first, which registers every backend module.
-"""
-
-from ganserve.export import backends  # noqa: F401  (the backend modules subclass backends.Backend)
+"""Graph export and artifacts: ONNX graphs (onnx_export.py), TensorRT engines (tensorrt.py), and the artifact folders
+with their manifests (artifacts.py). Running them is ganserve.inference's job."""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ganserve.errors import ExportError, UsageError
 from ganserve.models.weights import CONFIG_NAME, WEIGHTS_NAME, weights_sha256
 
 MANIFEST_NAME = "manifest.json"
@@ -26,10 +27,6 @@ EXTRAS_NAME = "latents.safetensors"  # w_avg and the constant noise buffers, use
 MANIFEST_FORMAT = "ganserve-export"
 MANIFEST_VERSION = 1
 FORMATS = ("onnx", "tensorrt")
-
-
-class ExportError(RuntimeError):
-    """An export that cannot be made or an artifact directory that cannot be used; the message says why."""
 
 
 def default_export_dir(model_dir: str | Path, fmt: str, fp16: bool = False, key: str = "") -> Path:
@@ -40,7 +37,7 @@ def default_export_dir(model_dir: str | Path, fmt: str, fp16: bool = False, key:
     the TensorRT version and the precision, because an engine only runs where it was built.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     base = Path(model_dir)
     if not os.access(base, os.W_OK):
         # A model installed read-only (e.g. a bundled one in site-packages): a per-user cache keyed by its weights.

@@ -1,6 +1,6 @@
 """The `ganserve export` subcommand: a model directory to ONNX graphs or TensorRT engines, with a manifest.
 
-Owns the export flags and their one-line errors; the work is in onnx_export.py and trt_backend.py.
+Owns the export flags and their one-line errors; the work is in onnx_export.py and tensorrt.py.
 """
 
 from __future__ import annotations
@@ -9,19 +9,19 @@ import argparse
 import errno
 
 from ganserve.cli import MODEL_DEFAULT_HELP
+from ganserve.errors import UsageError
 from ganserve.export.onnx_export import DEFAULT_MAX_BATCH, DEFAULT_OPSET
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     # Errors are raised as ValueError: the CLI prints those as one line with exit status 2 (also when it runs as
-    # `python -m ganserve.cli`, where its CLIError class is another object than ganserve.cli.CLIError).
+    # `python -m ganserve.cli`, where its UsageError class is another object than ganserve.cli.UsageError).
     from ganserve.cli import default_model
-    from ganserve.export.artifacts import ExportError
-    from ganserve.export.backends import BackendUnavailable
+    from ganserve.errors import BackendUnavailable, ExportError
     from ganserve.models.weights import resolve_model
 
     if args.max_batch < 1:
-        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
+        raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
     model = resolve_model(args.model) if args.model else default_model()
     progress = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     try:
@@ -31,17 +31,17 @@ def cmd_export(args: argparse.Namespace) -> None:
             out = export_onnx(model, args.out, args.max_batch, args.fp16, args.opset, progress=progress)
         else:
             from ganserve.devices import resolve_device
-            from ganserve.export.trt_backend import export_tensorrt
+            from ganserve.export.tensorrt import export_tensorrt
 
             device = resolve_device(args.device)
             out = export_tensorrt(model, args.out, args.max_batch, args.fp16, device, progress=progress)
     except (ExportError, BackendUnavailable) as e:
-        raise ValueError(str(e).splitlines()[0]) from None
+        raise UsageError(str(e).splitlines()[0]) from None
     except OSError as e:  # e.g. the default folder inside the bundled model of a read-only installation
         message = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e).splitlines()[0]
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             message += "; write the export elsewhere with --out DIR"
-        raise ValueError(message) from None
+        raise UsageError(message) from None
     if args.quiet:
         print(out)
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ganserve.errors import ExportError, UsageError
 from ganserve.export.artifacts import (
-    ExportError,
     base_manifest,
     copy_config,
     default_export_dir,
@@ -165,7 +165,7 @@ def export_onnx(
     fp16 keeps the mapping graph in float32 and runs the synthesis weights in float16 (for GPU providers).
     """
     if max_batch < 1:
-        raise ValueError(f"max batch must be at least 1, got {max_batch}")
+        raise UsageError(f"max batch must be at least 1, got {max_batch}")
     model_dir = Path(model_dir)
     out = Path(out) if out else default_export_dir(model_dir, "onnx", fp16)
     progress(f"[1/5] loading {model_dir}")

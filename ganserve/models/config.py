@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ganserve.errors import ConfigError
 from ganserve.models.layers import channels_at
 
 ARCHS = ("progan", "stylegan", "stylegan2", "stylegan3")
@@ -77,20 +78,20 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+            raise ConfigError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         r = self.resolution
         if not isinstance(r, int) or r < MIN_RESOLUTION or r > MAX_RESOLUTION or r & (r - 1):
-            raise ValueError(f"resolution must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {r!r}")
+            raise ConfigError(f"resolution must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {r!r}")
         for name in ("z_dim", "w_dim", "fmap_base", "fmap_max", "mapping_layers", "mbstd_group_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.img_channels not in (1, 3):
-            raise ValueError(f"img_channels must be 1 (greyscale) or 3 (RGB), got {self.img_channels!r}")
+            raise ConfigError(f"img_channels must be 1 (greyscale) or 3 (RGB), got {self.img_channels!r}")
         if self.upsample_mode not in ("nearest", "bilinear"):
-            raise ValueError(f"upsample_mode must be 'nearest' or 'bilinear', got {self.upsample_mode!r}")
+            raise ConfigError(f"upsample_mode must be 'nearest' or 'bilinear', got {self.upsample_mode!r}")
         if not self.mapping_lr_mul > 0:
-            raise ValueError(f"mapping_lr_mul must be positive, got {self.mapping_lr_mul!r}")
+            raise ConfigError(f"mapping_lr_mul must be positive, got {self.mapping_lr_mul!r}")
         if self.arch == "progan":
             self.w_dim = 16 * self.channels(4)
         if self.arch == "stylegan2":
@@ -102,68 +103,68 @@ class ModelConfig:
         for name in ("channel_base", "channel_max"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         for name in ("c_dim", "mapping_layer_features", "embed_features", "num_fp16_res"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
         if self.architecture not in SG2_ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {', '.join(SG2_ARCHITECTURES)}, got {self.architecture!r}")
+            raise ConfigError(f"architecture must be one of {', '.join(SG2_ARCHITECTURES)}, got {self.architecture!r}")
         if self.conv_clamp is not None and not (isinstance(self.conv_clamp, (int, float)) and self.conv_clamp > 0):
-            raise ValueError(f"conv_clamp must be a positive number or null, got {self.conv_clamp!r}")
+            raise ConfigError(f"conv_clamp must be a positive number or null, got {self.conv_clamp!r}")
         taps = self.resample_filter
         numbers = isinstance(taps, list) and all(isinstance(t, (int, float)) for t in taps)
         if not numbers or not taps or sum(taps) == 0:
-            raise ValueError(f"resample_filter must be a non-empty list of numbers with a non-zero sum, got {taps!r}")
+            raise ConfigError(f"resample_filter must be a non-empty list of numbers with a non-zero sum, got {taps!r}")
         if not self.channels_per_resolution and self.channel_base // self.resolution < 1:
-            raise ValueError(f"channel_base {self.channel_base} gives no channels at resolution {self.resolution}")
+            raise ConfigError(f"channel_base {self.channel_base} gives no channels at resolution {self.resolution}")
         if self.channels_per_resolution:
             needed = {str(4 * 2**s) for s in range(self.num_stages)}
             given = self.channels_per_resolution
             if set(given) != needed or not all(isinstance(c, int) and c >= 1 for c in given.values()):
-                raise ValueError(f"channels_per_resolution must give a positive channel count for each of "
+                raise ConfigError(f"channels_per_resolution must give a positive channel count for each of "
                                  f"{', '.join(sorted(needed, key=int))}, got {given!r}")
 
     def _validate_stylegan3(self) -> None:
         if self.sg3_config not in SG3_CONFIGS:
-            raise ValueError(f"sg3_config must be one of {', '.join(SG3_CONFIGS)}, got {self.sg3_config!r}")
+            raise ConfigError(f"sg3_config must be one of {', '.join(SG3_CONFIGS)}, got {self.sg3_config!r}")
         for name in ("channel_base", "channel_max"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.conv_clamp is not None and not (isinstance(self.conv_clamp, (int, float)) and self.conv_clamp > 0):
-            raise ValueError(f"conv_clamp must be a positive number or null, got {self.conv_clamp!r}")
+            raise ConfigError(f"conv_clamp must be a positive number or null, got {self.conv_clamp!r}")
         if not self.sg3_layers and not self.sg3_input:
             self.sg3_input, self.sg3_layers = stylegan3_layout(
                 self.resolution, self.img_channels, self.channel_base, self.channel_max,
                 conv_kernel=1 if self.sg3_config == "r" else 3, use_radial_filters=self.sg3_config == "r",
                 num_fp16_res=self.num_fp16_res)
         if not isinstance(self.sg3_input, dict) or set(self.sg3_input) != set(SG3_INPUT_KEYS):
-            raise ValueError(f"sg3_input must give {', '.join(SG3_INPUT_KEYS)}, got {self.sg3_input!r}")
+            raise ConfigError(f"sg3_input must give {', '.join(SG3_INPUT_KEYS)}, got {self.sg3_input!r}")
         layers = self.sg3_layers
         if not isinstance(layers, list) or len(layers) < 2 or not all(isinstance(x, dict) for x in layers):
-            raise ValueError("sg3_layers must be a list of at least two layer descriptions")
+            raise ConfigError("sg3_layers must be a list of at least two layer descriptions")
         prev_channels, prev_size = self.sg3_input["channels"], self.sg3_input["size"]
         for i, layer in enumerate(layers):
             if set(layer) != set(SG3_LAYER_KEYS):
                 missing = sorted(set(SG3_LAYER_KEYS) - set(layer))
                 extra = sorted(set(layer) - set(SG3_LAYER_KEYS))
-                raise ValueError(f"sg3_layers[{i}]: missing {missing}, unknown {extra}")
+                raise ConfigError(f"sg3_layers[{i}]: missing {missing}, unknown {extra}")
             for key in ("in_channels", "out_channels", "in_size", "out_size", "conv_kernel", "up_factor",
                         "down_factor", "up_taps", "down_taps"):
                 if not isinstance(layer[key], int) or isinstance(layer[key], bool) or layer[key] < 1:
-                    raise ValueError(f"sg3_layers[{i}].{key} must be a positive integer, got {layer[key]!r}")
+                    raise ConfigError(f"sg3_layers[{i}].{key} must be a positive integer, got {layer[key]!r}")
             pad = layer["padding"]
             if not isinstance(pad, list) or len(pad) != 4 or not all(isinstance(p, int) for p in pad):
-                raise ValueError(f"sg3_layers[{i}].padding must be 4 integers, got {pad!r}")
+                raise ConfigError(f"sg3_layers[{i}].padding must be 4 integers, got {pad!r}")
             if (layer["in_channels"], layer["in_size"]) != (prev_channels, prev_size):
-                raise ValueError(f"sg3_layers[{i}] takes {layer['in_channels']} channels at {layer['in_size']}px, "
+                raise ConfigError(f"sg3_layers[{i}] takes {layer['in_channels']} channels at {layer['in_size']}px, "
                                  f"the layer before gives {prev_channels} at {prev_size}px")
             if bool(layer["is_torgb"]) != (i == len(layers) - 1):
-                raise ValueError("sg3_layers: the last layer, and only it, is the toRGB layer")
+                raise ConfigError("sg3_layers: the last layer, and only it, is the toRGB layer")
             prev_channels, prev_size = layer["out_channels"], layer["out_size"]
         if (prev_channels, prev_size) != (self.img_channels, self.resolution):
-            raise ValueError(f"sg3_layers end with {prev_channels} channels at {prev_size}px, not the image's "
+            raise ConfigError(f"sg3_layers end with {prev_channels} channels at {prev_size}px, not the image's "
                              f"{self.img_channels} at {self.resolution}px")
 
     def layer_resolutions(self) -> list[float]:
@@ -225,17 +226,17 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         if not isinstance(d, dict):
-            raise ValueError("config must be a JSON object")
+            raise ConfigError("config must be a JSON object")
         if d.get("format", FORMAT_NAME) != FORMAT_NAME:
-            raise ValueError(f"not a {FORMAT_NAME} config (format={d.get('format')!r})")
+            raise ConfigError(f"not a {FORMAT_NAME} config (format={d.get('format')!r})")
         if int(d.get("version", FORMAT_VERSION)) > FORMAT_VERSION:
-            raise ValueError(
+            raise ConfigError(
                 f"config version {d['version']} is newer than this ganserve understands ({FORMAT_VERSION}); upgrade"
             )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names - set(_DERIVED_KEYS))
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
 

@@ -12,20 +12,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from ganserve.errors import SpecError
+
 MAX_SEED = 2**32 - 1
 PSI_MIN, PSI_MAX = -1.0, 2.0
 LAYER_PRESETS = ("coarse", "middle", "fine", "all")
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$", re.ASCII)  # ASCII: \s and \d as int() reads them
 _INT = re.compile(r"^\s*(\d+)\s*$", re.ASCII)
-
-
-class SpecError(ValueError):
-    """A seed list, layer spec or latent parameter that cannot be used; the message names the problem and `field`
-    the request parameter it concerns (when known)."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
 
 
 # -- seeds ---------------------------------------------------------------------------------------------------

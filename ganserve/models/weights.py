@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ganserve.errors import ModelLoadError
 from ganserve.models import build_generator
 from ganserve.models.config import ModelConfig
 from ganserve.models.generator import ProgressiveGenerator
@@ -25,10 +26,6 @@ WEIGHTS_NAME = "model.safetensors"
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 DEFAULT_MODEL = "stylegan-emoji64"  # what `ganserve serve` serves when given no model
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class ModelLoadError(RuntimeError):
-    """A model directory that is missing, incomplete or inconsistent; the message says which and why."""
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -70,7 +70,7 @@ class GeneratorAPI(ls.LitAPI):
         self.num_workers = 1  # inference workers in all; the server sets it once it knows its devices
 
     def setup(self, device: str) -> None:
-        from ganserve.export.backends import load_backend
+        from ganserve.inference.registry import load_backend
 
         self._watch_signals()
         if str(device).startswith("cpu"):

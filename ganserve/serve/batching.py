@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ganserve.export.backends import Backend
-from ganserve.models.sampling import SampleSpec, iter_batches
+from ganserve.inference.backend import Backend
+from ganserve.inference.sampling import SampleSpec, iter_batches
 
 # What the HTTP side queues for one image: (model name, validated spec).
 ImageJob = tuple[str, SampleSpec]

@@ -10,14 +10,12 @@ import os
 from pathlib import Path
 
 from ganserve.devices import DEVICE_CHOICES
-
-
-class CommandError(ValueError):
-    """A one-line error for the user; ganserve.cli prints it and exits with status 2 (also under `python -m`)."""
+from ganserve.errors import UsageError
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from ganserve.serve.server import ServeError, ServeOptions, serve
+    from ganserve.errors import ServeError
+    from ganserve.serve.server import ServeOptions, serve
 
     fields = ServeOptions.__dataclass_fields__
     opts = ServeOptions(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
@@ -25,13 +23,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         opts.api_key = os.environ["GANSERVE_API_KEY"]
     for name in ("max_batch_size", "devices", "workers_per_device", "max_queue", "max_seeds"):
         if getattr(opts, name) is not None and getattr(opts, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if opts.batch_timeout_ms < 0:
-        raise CommandError("--batch-timeout-ms must not be negative")
+        raise UsageError("--batch-timeout-ms must not be negative")
     try:
         serve(opts)
     except ServeError as e:
-        raise CommandError(str(e)) from None
+        raise UsageError(str(e)) from None
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -55,9 +53,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
                 (outdir / f"seed{seed:04d}.{args.format}").write_bytes(data)
                 bar.update(1)
     except ServerError as e:
-        raise CommandError(f"the server said: {e}") from None
+        raise UsageError(f"the server said: {e}") from None
     except OSError as e:  # connection refused, DNS, a full disk
-        raise CommandError(f"{type(e).__name__}: {e}") from None
+        raise UsageError(f"{type(e).__name__}: {e}") from None
     if not args.quiet:
         print(f"wrote {len(seeds)} images to {outdir}")
 

@@ -13,9 +13,10 @@ from typing import Annotated, Literal
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from ganserve.errors import SpecError
+from ganserve.inference.sampling import ROTATE_MAX, SampleSpec, make_spec
 from ganserve.models.config import ModelConfig
-from ganserve.models.latents import MAX_SEED, PSI_MAX, PSI_MIN, SpecError, parse_layers, parse_seeds
-from ganserve.models.sampling import ROTATE_MAX, SampleSpec, make_spec
+from ganserve.models.latents import MAX_SEED, PSI_MAX, PSI_MIN, parse_layers, parse_seeds
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]

@@ -24,6 +24,7 @@ from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 
 from ganserve.devices import cpu_cores, cpu_threads_per_worker, resolve_device
+from ganserve.errors import ServeError, UsageError
 from ganserve.models.weights import bundled_models, load_config, resolve_model
 from ganserve.serve.api import GeneratorAPI
 from ganserve.serve.dispatch import Dispatcher
@@ -35,10 +36,6 @@ from ganserve.serve.transport import BatchQueueTransport
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe accepts
 DRAIN_SECONDS = 7.0  # in-flight requests get this long after SIGTERM/Ctrl-C; the rest of shutdown takes well under 3 s
-
-
-class ServeError(RuntimeError):
-    """The server cannot start (or stopped abnormally); the message says why in one line."""
 
 
 @dataclass
@@ -92,9 +89,8 @@ def named_models(specs: list[str]) -> dict[str, Path]:
 
 
 def resolve_backend(name: str) -> str:
-    from ganserve.export import backends
+    from ganserve.inference import BACKEND_CHOICES as choices
 
-    choices = getattr(backends, "BACKEND_CHOICES", ("auto", *backends.BACKENDS))
     if name not in choices:
         raise ServeError(f"backend must be one of {', '.join(choices)}, got {name!r}")
     return name
@@ -211,7 +207,7 @@ def build_server(opts: ServeOptions) -> GanServer:
     backend = resolve_backend(opts.backend)
     try:
         device = resolve_device(opts.device)
-    except ValueError as e:
+    except UsageError as e:
         raise ServeError(str(e)) from None
     if opts.host not in HOSTS:
         raise ServeError(f"host must be one of {', '.join(HOSTS)}, got {opts.host!r}")

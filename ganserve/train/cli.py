@@ -103,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from ganserve.cli import default_model
     from ganserve.devices import resolve_device
-    from ganserve.models.sampling import check_class
+    from ganserve.inference.sampling import check_class
     from ganserve.models.weights import load_model, resolve_model
     from ganserve.train.checkpoint import CHECKPOINT_DIR, list_checkpoints
     from ganserve.train.data import load_images

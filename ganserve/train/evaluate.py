@@ -15,10 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ganserve.imaging import to_uint8
-from ganserve.models import build_generator
-from ganserve.models.config import ModelConfig
-from ganserve.models.generator import ProgressiveGenerator
-from ganserve.models.sampling import (
+from ganserve.inference.sampling import (
     BatchInputs,
     SampleSpec,
     batch_noise,
@@ -29,6 +26,9 @@ from ganserve.models.sampling import (
     prepare_batch,
     run_eager,
 )
+from ganserve.models import build_generator
+from ganserve.models.config import ModelConfig
+from ganserve.models.generator import ProgressiveGenerator
 from ganserve.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from ganserve.train.swd import DescriptorSet, swd
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from ganserve.errors import ImportRefused
 from ganserve.models import build_generator
 from ganserve.models.importers import nvlabs, rosinality
-from ganserve.models.importers.nvlabs import ImportRefused
 from ganserve.models.importers.safe_pickle import UnsafePickleError, restricted_load
 from ganserve.models.weights import CONFIG_NAME, save_model, state_dict_mismatch
 

@@ -12,15 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ganserve.errors import ImportRefused
 from ganserve.models.config import SG2_ARCHITECTURES, ModelConfig
 from ganserve.models.importers.safe_pickle import PersistentObject
 
 FORMAT = "nvlabs-stylegan2-ada-pytorch"
 NETWORK_KEYS = ("G_ema", "G")
-
-
-class ImportRefused(ValueError):
-    """The file cannot be imported; the message (one line) says what was found."""
 
 
 def _num(value: Any, what: str) -> float:

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ganserve.errors import ImportRefused
 from ganserve.models.config import ModelConfig
 from ganserve.models.importers.nvlabs import (
-    ImportRefused,
     _clamp,
     _Collector,
     _fc,

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from ganserve.errors import ImportRefused
 from ganserve.models.config import ModelConfig
-from ganserve.models.importers.nvlabs import ImportRefused
 from ganserve.models.stylegan2 import setup_filter
 
 FORMAT = "rosinality-stylegan2-pytorch"

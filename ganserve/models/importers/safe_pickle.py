@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ganserve.errors import ImportRefused
+
 # numpy scalars (NVlabs keeps e.g. weight_gain as np.float64) may only be of these kinds: no object dtype.
 _NUMERIC_DTYPES = {"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1", "?"}
 MAX_BLOB_BYTES = 4 << 30
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(ImportRefused):
     """The file names a global outside the allow-list or is not a readable pickle; the message says which."""
 
 

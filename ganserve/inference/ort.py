@@ -12,18 +12,12 @@ import numpy as np
 import torch
 
 from ganserve.devices import cpu_cores
-from ganserve.export.artifacts import (
-    ExportError,
-    default_export_dir,
-    is_current,
-    is_export_dir,
-    load_extras,
-    read_manifest,
-)
-from ganserve.export.backends import Backend, BackendUnavailable
+from ganserve.errors import BackendUnavailable, ExportError
+from ganserve.export.artifacts import default_export_dir, is_current, is_export_dir, load_extras, read_manifest
 from ganserve.export.onnx_export import EXPORTER_VERSION, MAPPING_FILE, SYNTHESIS_FILE, export_onnx
 from ganserve.imaging import to_uint8
-from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles, batch_transform
+from ganserve.inference.backend import Backend
+from ganserve.inference.sampling import BatchInputs, batch_noise, batch_styles, batch_transform
 
 
 def find_onnx_export(model: Path, build: bool = True, progress=None) -> Path:

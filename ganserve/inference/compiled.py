@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganserve.export.backends import BackendUnavailable, TorchBackend
+from ganserve.errors import BackendUnavailable
 from ganserve.imaging import to_uint8
-from ganserve.models.sampling import BatchInputs, batch_noise, batch_styles, batch_transform
+from ganserve.inference.sampling import BatchInputs, batch_noise, batch_styles, batch_transform
+from ganserve.inference.torch_backend import TorchBackend
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 

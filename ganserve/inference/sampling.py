@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ganserve.errors import SpecError, UsageError
 from ganserve.imaging import to_uint8
 from ganserve.models.config import ModelConfig
 from ganserve.models.latents import (
-    SpecError,
     check_psi,
     check_seed,
     noise_for_seed,
@@ -198,7 +198,7 @@ def prepare_batch(specs: Sequence[SampleSpec], config: ModelConfig, noise_resolu
 
 def iter_batches(specs: Sequence[SampleSpec], batch_size: int) -> Iterator[Sequence[SampleSpec]]:
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
     for i in range(0, len(specs), batch_size):
         yield specs[i : i + batch_size]
 

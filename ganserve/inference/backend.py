@@ -1,0 +1,49 @@
+"""The inference backend interface: a backend turns a BatchInputs into uint8 images on its device.
+
+Everything above the network (seeds, truncation, mixing) is shared here; each backend implements `run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganserve.inference.sampling import BatchInputs, SampleSpec, iter_batches, prepare_batch
+from ganserve.models.config import ModelConfig
+from ganserve.models.weights import load_config
+
+
+class Backend:
+    """Subclasses implement `run`. Everything above the network (seeds, truncation, mixing) is shared."""
+
+    name = "base"
+
+    def __init__(self, model_dir: Path, device: torch.device):
+        self.model_dir = Path(model_dir)
+        self.device = device
+        self.config: ModelConfig = load_config(model_dir)
+        self.max_batch_size: int | None = None  # larger requests are split, never refused
+        self.noise_resolutions: list[int] = []
+        self.auto_skipped: list[str] = []  # with backend="auto": "name: reason" of each faster one that could not run
+
+    def run(self, inputs: BatchInputs) -> torch.Tensor:
+        """One batch (at most max_batch_size rows) -> [N, H, W, C] uint8 on self.device."""
+        raise NotImplementedError
+
+    def generate(self, specs: Sequence[SampleSpec], batch_size: int | None = None) -> np.ndarray:
+        """Images for `specs` as a host [N, H, W, C] uint8 array, in batches no larger than the backend allows."""
+        size = min(x for x in (batch_size, self.max_batch_size, len(specs) or 1) if x)
+        parts = [self.run(self.prepare(batch)).cpu().numpy() for batch in iter_batches(specs, size)]
+        if not parts:
+            r, c = self.config.resolution, self.config.img_channels
+            return np.zeros((0, r, r, c), np.uint8)
+        return np.concatenate(parts)
+
+    def prepare(self, specs: Sequence[SampleSpec]) -> BatchInputs:
+        return prepare_batch(specs, self.config, self.noise_resolutions)
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}"

@@ -1,0 +1,73 @@
+"""The backends by name, and load_backend() with the `auto` rule.
+
+Each backend module imports its runtime (torch.compile, onnxruntime, tensorrt) only when the backend is made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ganserve.devices import resolve_device
+from ganserve.errors import BackendUnavailable, ExportError, UsageError
+from ganserve.inference.backend import Backend
+from ganserve.inference.compiled import CompileBackend
+from ganserve.inference.ort import OnnxRuntimeBackend
+from ganserve.inference.tensorrt import TensorRTBackend
+from ganserve.inference.torch_backend import TorchBackend
+from ganserve.models.weights import resolve_model
+
+BACKENDS: dict[str, type[Backend]] = {
+    "torch": TorchBackend,
+    "compile": CompileBackend,
+    "onnxruntime": OnnxRuntimeBackend,
+    "tensorrt": TensorRTBackend,
+}
+BACKEND_CHOICES = ("auto", *BACKENDS)
+# `auto`: the first of these that is ready, fastest first (benchmarks/results). Ready means its artifact exists:
+# auto never builds one (an ONNX export or TensorRT engine takes seconds to minutes and writes next to the model;
+# `ganserve export` does that, or naming the backend explicitly). torch.compile is left out: it compiles for
+# about half a minute at every start.
+AUTO_ORDER = {"cuda": ("tensorrt", "onnxruntime", "torch"), "cpu": ("onnxruntime", "torch")}
+_BUILDS = ("onnxruntime", "tensorrt")
+
+
+def load_backend(model: str | Path, backend: str = "torch", device: str = "auto", **options) -> Backend:
+    """The named backend for a model directory (or bundled model name, or export folder) on a device.
+
+    device 'auto': CUDA if present. backend 'auto': the first backend of AUTO_ORDER that is ready here; each one
+    that is not is skipped (its reason is kept in `auto_skipped`). Raises BackendUnavailable with a one-line reason.
+    An explicitly named onnxruntime/tensorrt backend exports its artifact next to the model when it is missing.
+    """
+    if backend not in BACKEND_CHOICES:
+        raise UsageError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
+    options = {k: v for k, v in options.items() if v is not None}
+    if "precision" in options:  # a choice of the PyTorch backends: with auto, it means torch
+        backend = "torch" if backend == "auto" else backend
+        if backend not in ("torch", "compile", "tensorrt"):
+            raise UsageError(f"precision is an option of the torch, compile and tensorrt backends; {backend} runs "
+                             "the precision of its export (ganserve export --fp16)")
+        if backend == "tensorrt" and options["precision"] not in ("fp16", "fp32"):
+            raise UsageError(f"TensorRT engines are built in fp16 or fp32, not {options['precision']}")
+    dev = resolve_device(device)
+    path = _resolve(model)
+    if backend != "auto":
+        return BACKENDS[backend](path, dev, **options)
+    skipped: list[str] = []
+    for name in AUTO_ORDER["cuda" if dev.type == "cuda" else "cpu"]:
+        try:
+            chosen = BACKENDS[name](path, dev, **({"build": False} if name in _BUILDS else {}))
+        except (BackendUnavailable, ExportError) as e:
+            skipped.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            continue
+        chosen.auto_skipped = skipped
+        return chosen
+    raise BackendUnavailable("no backend can run here: " + "; ".join(skipped))
+
+
+def _resolve(model: str | Path) -> Path:
+    """A model directory, a bundled model's directory, or an export folder (holding manifest.json) as it is."""
+    from ganserve.export.artifacts import is_export_dir
+
+    if is_export_dir(model):
+        return Path(model)
+    return resolve_model(model)
