@@ -10,9 +10,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,25 +110,6 @@ def load_extras(directory: str | Path, device: torch.device) -> tuple[torch.Tens
     count = sum(1 for k in tensors if k.startswith("noise_const."))
     noise = [tensors[f"noise_const.{i}"].to(device) for i in range(count)]
     return tensors["w_avg"].to(device), noise
-
-
-@contextmanager
-def staged_dir(final: Path) -> Iterator[Path]:
-    """A temporary folder beside `final` that replaces it only when the block succeeds (no half-written exports)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def copy_config(model_dir: str | Path, directory: Path) -> None:

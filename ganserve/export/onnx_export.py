@@ -25,9 +25,9 @@ from ganserve.export.artifacts import (
     copy_config,
     default_export_dir,
     save_extras,
-    staged_dir,
     write_manifest,
 )
+from ganserve.files import staged_dir
 from ganserve.imaging import to_uint8
 from ganserve.models.generator import ProgressiveGenerator
 from ganserve.models.stylegan3 import image_transform

@@ -16,7 +16,6 @@ from ganserve.export.artifacts import (
     copy_config,
     default_export_dir,
     save_extras,
-    staged_dir,
     write_manifest,
 )
 from ganserve.export.onnx_export import (
@@ -26,6 +25,7 @@ from ganserve.export.onnx_export import (
     example_classes,
     synthesis_graph,
 )
+from ganserve.files import staged_dir
 from ganserve.models.weights import load_model
 
 MAPPING_ENGINE, SYNTHESIS_ENGINE = "mapping.engine", "synthesis.engine"

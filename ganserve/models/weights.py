@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ganserve.errors import ModelLoadError
+from ganserve.files import atomic_write
 from ganserve.models import build_generator
 from ganserve.models.config import ModelConfig
 from ganserve.models.generator import ProgressiveGenerator
@@ -28,26 +27,15 @@ DEFAULT_MODEL = "stylegan-emoji64"  # what `ganserve serve` serves when given no
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_model(G: ProgressiveGenerator, directory: str | Path, config: ModelConfig | None = None) -> Path:
     """Write `G` (and `config`, default G's own) as a servable model directory; returns the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = config or G.config
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in G.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     text = json.dumps(config.to_dict(), indent=2) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
     return directory
 
 

@@ -6,15 +6,13 @@ Owns `import_checkpoint` (detect, read safely, build, verify, write atomically);
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ganserve.errors import ImportRefused
+from ganserve.files import staged_dir
 from ganserve.models import build_generator
 from ganserve.models.importers import nvlabs, rosinality
 from ganserve.models.importers.safe_pickle import UnsafePickleError, restricted_load
@@ -109,19 +107,10 @@ def import_checkpoint(
 
 def _write_atomically(G, config, out: Path, force: bool) -> None:
     """Write into a temporary sibling folder, then rename it to `out` (replacing it only with force)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.import-"))
-    try:
+
+    def check(existing: Path) -> None:
+        if not force and (not existing.is_dir() or any(existing.iterdir())):
+            raise ImportRefused(f"{out} appeared while importing; not replacing it")
+
+    with staged_dir(out, before_replace=check) as tmp:
         save_model(G, tmp, config)
-        if out.exists():
-            if not force and (not out.is_dir() or any(out.iterdir())):
-                raise ImportRefused(f"{out} appeared while importing; not replacing it")
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
