@@ -62,9 +62,8 @@ def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel at once.
 
     Eager PyTorch on the CPU allocates and frees the same activation buffers in every batch. By default glibc maps
-    large blocks afresh and trims the heap, so every batch page-faults its buffers back in: 600-1,100 minor faults
-    per 64x64 image, 1-2 ms of kernel time on 7-8 ms of work (benchmarks/README.md). With this a process keeps up to
-    TRIM_THRESHOLD of free heap. Returns False where malloc is not glibc's (nothing changes there).
+    large blocks afresh and trims the heap, so every batch would page-fault its buffers back in. With this a process
+    keeps up to TRIM_THRESHOLD of free heap. Returns False where malloc is not glibc's (nothing changes there).
     """
     if not sys.platform.startswith("linux"):
         return False

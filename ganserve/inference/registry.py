@@ -23,7 +23,7 @@ BACKENDS: dict[str, type[Backend]] = {
     "tensorrt": TensorRTBackend,
 }
 BACKEND_CHOICES = ("auto", *BACKENDS)
-# `auto`: the first of these that is ready, fastest first (benchmarks/results). Ready means its artifact exists:
+# `auto`: the first of these that is ready, fastest first. Ready means its artifact exists:
 # auto never builds one (an ONNX export or TensorRT engine takes seconds to minutes and writes next to the model;
 # `ganserve export` does that, or naming the backend explicitly). torch.compile is left out: it compiles for
 # about half a minute at every start.

@@ -49,7 +49,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     F.conv2d picks its CPU kernel by shape and threads: a 1x1 convolution (toRGB) runs on PyTorch's own GEMM path
     below 16 images with one thread and on oneDNN otherwise, and any convolution of a single image runs on the
     former; the two round differently. Here a 1x1 convolution is one [out, in] x [in, H*W] product per image (as
-    fast as PyTorch's path; oneDNN is 3-10x slower on 3 output channels; a lone image is run as two rows, since bmm
+    fast as PyTorch's path, where oneDNN is slow on 3 output channels; a lone image is run as two rows, since bmm
     gives a single small product to multi-threaded GEMM) and every other convolution runs on oneDNN;
     both give the same bits at every batch size, 1 included, and thread count (tests/test_same_pixels.py). ONNX
     export, torch.compile, autocast and other devices keep F.conv2d.
@@ -129,8 +129,8 @@ def upsample(x: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
     if mode == "nearest" and torch.onnx.is_in_onnx_export():
         return F.interpolate(x, scale_factor=2.0, mode="nearest")  # one Resize node: ONNX Runtime runs it fastest
     if mode == "nearest":
-        # Each value copied into a 2x2 block by two broadcasts: the same numbers as F.interpolate(mode="nearest"), 3-5x
-        # faster in eager PyTorch on the CPU, whose nearest kernel took ~15% of a 64x64 StyleGAN forward.
+        # Each value copied into a 2x2 block by two broadcasts: the same numbers as F.interpolate(mode="nearest"),
+        # without eager PyTorch's slower nearest-neighbour kernel on the CPU.
         n, c, h, w = x.shape
         x = x.unsqueeze(-1).expand(n, c, h, w, 2).reshape(n, c, h, 2 * w)
         return x.unsqueeze(-2).expand(n, c, h, 2, 2 * w).reshape(n, c, 2 * h, 2 * w)
