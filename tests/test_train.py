@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,8 +21,19 @@ from ganserve.cli import main
 from ganserve.models.weights import load_config, load_model, weights_sha256
 from ganserve.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from ganserve.train.config import CONFIG_NAME, Schedule, TrainConfig, parse_batch_sizes
-from ganserve.train.losses import logistic_g_loss, logistic_r1_d_loss, wgan_g_loss, wgan_gp_d_loss
-from ganserve.train.trainer import SAMPLES_DIR, RunError, Trainer, state_digest, train
+from ganserve.train.losses import (
+    WGANGP,
+    LogisticR1,
+    logistic_g_loss,
+    logistic_r1_d_loss,
+    make_loss,
+    wgan_g_loss,
+    wgan_gp_d_loss,
+)
+from ganserve.train.networks import state_digest
+from ganserve.train.outputs import SAMPLES_DIR
+from ganserve.train.run import RunError, resolve
+from ganserve.train.trainer import Trainer, train
 
 TINY = dict(resolution=16, z_dim=32, w_dim=32, fmap_base=128, fmap_max=32, mapping_layers=2)
 # 600 + 2 * (600 + 600) kimg scaled by 0.0004: 1200 images, 75 steps of 16 through 4x4, 8x8 and 16x16.
@@ -75,6 +87,25 @@ def test_config_round_trips_through_json_and_rejects_bad_values(tmp_path):
     for bad in (dict(kimg_scale=0), dict(loss="hinge"), dict(style_mixing_prob=2), dict(batch_sizes={5: 2})):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 0.01  # type: ignore[misc]
+
+
+def test_a_run_is_resolved_into_a_new_config_and_the_callers_is_left_unchanged(data_dir, tmp_path):
+    cfg = TrainConfig(data=os.path.relpath(data_dir), out=str(tmp_path / "r"), arch="progan",
+                      **{**TINY, **QUICK, "resolution": None}, metric_num=0, tensorboard=False)
+    before = dataclasses.asdict(cfg)
+    run = resolve(cfg)
+    assert run.cfg.data == str(data_dir.resolve()) and run.cfg.resolution == 16 and run.checkpoint is None
+    assert run.model_config.num_stages == 3 and run.schedule.total_nimg == 1200 and run.run_dir == tmp_path / "r"
+    assert train(cfg, stop_after_steps=2) is None
+    overrides = {"final_kimg": 1200.0}
+    resumed = resolve(TrainConfig(), resume=tmp_path / "r", resume_overrides=overrides)
+    assert resumed.cfg == dataclasses.replace(run.cfg, final_kimg=1200.0) and resumed.checkpoint["step"] == 2
+    assert train(cfg, resume=tmp_path / "r", stop_after_steps=1, resume_overrides=overrides) is None
+    assert dataclasses.asdict(cfg) == before and overrides == {"final_kimg": 1200.0}
+    with pytest.raises(RunError, match="already holds a run"):
+        resolve(cfg)
 
 
 # -- losses ----------------------------------------------------------------------------------------------------------
@@ -97,6 +128,26 @@ def test_wgan_gp_and_r1_penalties_match_their_closed_forms():
     assert stats["r1"] == pytest.approx(w.square().sum().item(), rel=1e-5)
     assert wgan_g_loss(critic, fakes).item() == pytest.approx(-critic(fakes).mean().item(), rel=1e-5)
     assert logistic_g_loss(critic, fakes).item() == pytest.approx(sp(-critic(fakes)).mean().item(), rel=1e-5)
+
+
+def test_the_loss_is_chosen_once_from_the_config_and_computes_the_loss_functions():
+    wgan = make_loss(TrainConfig(arch="progan", gp_lambda=5.0, drift=0.01, gp_target=2.0))
+    logistic = make_loss(TrainConfig(arch="stylegan", r1_gamma=3.0))
+    assert wgan == WGANGP(5.0, 0.01, 2.0) and logistic == LogisticR1(3.0)
+    w = torch.randn(1, 3, 4, 4)
+
+    def critic(x):
+        return (x * w).flatten(1).sum(1)
+
+    reals, fakes = torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)
+    loss, stats = wgan.d_loss(critic, reals, fakes, torch.Generator().manual_seed(1))
+    expected = wgan_gp_d_loss(critic, reals, fakes, 5.0, 0.01, 2.0, torch.Generator().manual_seed(1))
+    assert torch.equal(loss, expected[0]) and stats == expected[1]
+    loss, stats = logistic.d_loss(critic, reals, fakes, torch.Generator())
+    expected = logistic_r1_d_loss(critic, reals, fakes, 3.0)
+    assert torch.equal(loss, expected[0]) and stats == expected[1]
+    assert torch.equal(wgan.g_loss(critic, fakes), wgan_g_loss(critic, fakes))
+    assert torch.equal(logistic.g_loss(critic, fakes), logistic_g_loss(critic, fakes))
 
 
 # -- a whole run -----------------------------------------------------------------------------------------------------
@@ -210,6 +261,8 @@ def test_resume_equals_uninterrupted_bit_for_bit(data_dir, tmp_path):
     part = tiny_train_config(data_dir, tmp_path / "part", **{**common, "workers": 1})
     assert train(part, stop_after_steps=20) is None
     stopped = load_checkpoint(latest_checkpoint(tmp_path / "part"))
+    assert list(stopped) == ["format", "version", "G", "D", "G_ema", "opt_G", "opt_D", "step", "nimg", "stage", "alpha",
+                             "elapsed_s", "final_imgs", "final_time_s", "rng", "train_config", "model_config"]
     assert stopped["step"] == 20 and stopped["stage"] == 1 and 0 < stopped["alpha"] < 1
     assert train(TrainConfig(), resume=tmp_path / "part") is not None
     a = load_checkpoint(latest_checkpoint(tmp_path / "full"))
@@ -229,14 +282,14 @@ def test_style_mixing_regularisation_mixes_two_latents_at_a_crossover(data_dir, 
     t = Trainer(tiny_train_config(data_dir, tmp_path / "mix", metric_num=0, tensorboard=False, style_mixing_prob=1.0))
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(64, 32, generator=gen)
-    ws = t._ws(z, stage=2, gen=gen, track_w_avg=True).detach()
+    ws = t.train_step.ws(z, stage=2, gen=gen, track_w_avg=True).detach()
     first = ws[:, :1]
     same = (ws == first).all(dim=2)  # [N, num_ws]: layer equals layer 0
     cut = same.float().argmin(dim=1)  # the first mixed layer
     assert (cut >= 1).all() and (cut <= 5).all() and len(set(cut.tolist())) > 1
-    assert t.G.w_avg.abs().sum() > 0
-    t.cfg.style_mixing_prob = 0.0
-    ws = t._ws(z, stage=2, gen=gen, track_w_avg=False)
+    assert t.nets.G.w_avg.abs().sum() > 0
+    t.train_step.style_mixing_prob = 0.0
+    ws = t.train_step.ws(z, stage=2, gen=gen, track_w_avg=False)
     assert (ws == ws[:, :1]).all()
 
 
@@ -291,13 +344,13 @@ def test_ctrl_c_writes_a_checkpoint_and_stops_cleanly(data_dir, tmp_path):
 def test_greyscale_training_step_and_sample_grid(data_dir, tmp_path):
     t = Trainer(tiny_train_config(data_dir, tmp_path / "grey", arch="progan", img_channels=1, metric_num=0,
                                   tensorboard=False))
-    assert t.pyramid[-1].shape == (48, 1, 16, 16)
+    assert t.data.pyramid[-1].shape == (48, 1, 16, 16)
     phase = next(t.schedule.steps())
-    before = [p.detach().clone() for p in t.D.parameters()]
-    stats = t.train_step(phase, t.pyramid[phase.stage][:16])
+    before = [p.detach().clone() for p in t.nets.D.parameters()]
+    stats = t.train_step(phase, t.data.pyramid[phase.stage][:16])
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
-    assert any(not torch.equal(a, b) for a, b in zip(before, t.D.parameters()))
-    assert t.sample_grid().shape == (64, 64, 1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.nets.D.parameters()))
+    assert t.outputs.sample_grid(0).shape == (64, 64, 1)
 
 
 def test_an_ema_half_life_long_next_to_the_stages_is_warned_about(data_dir, tmp_path):

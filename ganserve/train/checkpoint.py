@@ -1,7 +1,8 @@
 """Training checkpoints: G, D, G_ema, both optimizers, position in the schedule and every RNG state.
 
-Owns the file format (plain tensors and Python types, loadable with torch.load(weights_only=True)), atomic writes
-(temp file + os.replace), keeping the last few, and finding the latest one to resume from.
+Owns the file format (plain tensors and Python types, loadable with torch.load(weights_only=True)), the run's
+Progress it carries, atomic writes (temp file + os.replace), keeping the last few, and finding the latest one to
+resume from.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import random
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- the checkpoint dict ---------------------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """How far a run has come: steps, images shown and seconds spent, and the images and seconds at the final
+    resolution (its training speed)."""
+
+    step: int = 0
+    nimg: int = 0
+    elapsed: float = 0.0
+    final_imgs: int = 0
+    final_time: float = 0.0
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> Progress:
+        """The progress a checkpoint holds (older ones lack the final-resolution figures: zero)."""
+        return cls(int(state["step"]), int(state["nimg"]), float(state["elapsed_s"]),
+                   int(state.get("final_imgs", 0)), float(state.get("final_time_s", 0.0)))
+
+
+def training_state(networks: dict[str, Any], progress: Progress, stage: int, alpha: float, train_config: str,
+                   model_config: str) -> dict[str, Any]:
+    """A checkpoint: the networks' and optimisers' state dicts, the progress and schedule position, every RNG
+    state of this process, and the run's two configs as JSON."""
+    return {
+        "format": CHECKPOINT_FORMAT, "version": 1, **networks,
+        "step": progress.step, "nimg": progress.nimg, "stage": stage, "alpha": alpha, "elapsed_s": progress.elapsed,
+        "final_imgs": progress.final_imgs, "final_time_s": progress.final_time, "rng": rng_state(),
+        "train_config": train_config, "model_config": model_config,
+    }
 
 
 # -- save / load -----------------------------------------------------------------------------------------------------

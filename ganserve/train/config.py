@@ -33,9 +33,12 @@ RESUME_OVERRIDABLE = ("data", "final_kimg", "ema_kimg", "checkpoint_kimg", "keep
                       "workers", "tensorboard", "progress")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Every knob of a run. Lengths are in kimg (thousands of real images shown to D), scaled by kimg_scale."""
+    """Every knob of a run. Lengths are in kimg (thousands of real images shown to D), scaled by kimg_scale.
+
+    Frozen: a changed config is a new one (dataclasses.replace); ganserve.train.run.resolve fills in what a run
+    takes from its data and its checkpoint."""
 
     data: str = ""
     out: str = "runs/run"
@@ -85,10 +88,10 @@ class TrainConfig:
     license: str = ""  # licence/attribution of the data set, copied into the model's config.json
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
-        self.batch_sizes = {int(k): int(v) for k, v in self.batch_sizes.items()}
+        object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "batch_sizes", {int(k): int(v) for k, v in self.batch_sizes.items()})
         if not self.loss:
-            self.loss = DEFAULT_LOSS.get(self.arch, "")
+            object.__setattr__(self, "loss", DEFAULT_LOSS.get(self.arch, ""))
         self.validate()
 
     def validate(self) -> None:

@@ -1,7 +1,8 @@
 """Training images: a folder (recursive) or zip of PNG/JPEG/WebP, preprocessed once into uint8 tensors in memory.
 
 Owns decoding (alpha over a background colour, palette/greyscale), Lanczos resize + centre crop, the per-stage
-pyramid, and the batches of each step as a pure function of (seed, images shown), so resume is exact.
+pyramid, and the batches of each step as a pure function of (seed, images shown), so resume is exact. TrainingData
+holds a run's pyramid and hands out its steps with their batches.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import io
 import threading
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageColor
 
 from ganserve.devices import cpu_cores
-from ganserve.train.config import Phase
+from ganserve.train.config import Phase, Schedule, TrainConfig
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MIN_IMAGES = 8
@@ -209,3 +210,23 @@ def batch_loader(source: BatchSource, phases: Iterable[Phase], workers: int) -> 
         source, batch_size=None, sampler=phases, num_workers=workers, pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )
+
+
+class TrainingData:
+    """A run's images, decoded once into one uint8 tensor per stage, and the batches of its remaining steps."""
+
+    def __init__(self, cfg: TrainConfig, num_stages: int):
+        images = load_images(cfg.data, cfg.resolution, cfg.img_channels, cfg.background)
+        self.pyramid = image_pyramid(images, num_stages)
+        self.seed, self.mirror, self.workers = cfg.seed, cfg.mirror, cfg.workers
+
+    @property
+    def num_images(self) -> int:
+        return len(self.pyramid[-1])
+
+    def batches(self, schedule: Schedule, step: int, nimg: int, rank: int = 0,
+                world_size: int = 1) -> Iterator[tuple[Phase, torch.Tensor]]:
+        """(phase, this rank's batch) for each step from (step, nimg) to the end of `schedule`."""
+        source = BatchSource(self.pyramid, self.seed, self.mirror, rank, world_size)
+        loader = batch_loader(source, schedule.steps(step, nimg), self.workers)
+        return zip(schedule.steps(step, nimg), loader)

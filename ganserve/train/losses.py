@@ -1,14 +1,20 @@
 """The two GAN objectives: wgan_gp with drift (ProGAN) and the non-saturating logistic loss with r1 (StyleGAN).
 
-Owns the discriminator and generator losses and their gradient penalties; each returns scalars to log.
+Owns the discriminator and generator losses and their gradient penalties; each returns scalars to log. The Loss
+classes bind a loss to its config values; make_loss picks one from a TrainConfig.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ganserve.train.config import TrainConfig
 
 Critic = Callable[[torch.Tensor], torch.Tensor]
 
@@ -59,3 +65,49 @@ def logistic_r1_d_loss(
 def logistic_g_loss(D: Critic, fakes: torch.Tensor) -> torch.Tensor:
     """Non-saturating: softplus(-D(G(z)))."""
     return F.softplus(-D(fakes).float()).mean()
+
+
+class Loss(Protocol):
+    """A GAN objective: the discriminator's loss (with its penalty) and the generator's."""
+
+    def d_loss(self, D: Critic, reals: torch.Tensor, fakes: torch.Tensor,
+               generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def g_loss(self, D: Critic, fakes: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class WGANGP:
+    """wgan_gp_d_loss / wgan_g_loss; the penalty's interpolation weights come from the step's generator."""
+
+    gp_lambda: float = 10.0
+    drift: float = 0.001
+    gp_target: float = 1.0
+
+    def d_loss(self, D: Critic, reals: torch.Tensor, fakes: torch.Tensor,
+               generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return wgan_gp_d_loss(D, reals, fakes, self.gp_lambda, self.drift, self.gp_target, generator)
+
+    def g_loss(self, D: Critic, fakes: torch.Tensor) -> torch.Tensor:
+        return wgan_g_loss(D, fakes)
+
+
+@dataclass(frozen=True)
+class LogisticR1:
+    """logistic_r1_d_loss / logistic_g_loss; draws no random numbers."""
+
+    r1_gamma: float = 10.0
+
+    def d_loss(self, D: Critic, reals: torch.Tensor, fakes: torch.Tensor,
+               generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return logistic_r1_d_loss(D, reals, fakes, self.r1_gamma)
+
+    def g_loss(self, D: Critic, fakes: torch.Tensor) -> torch.Tensor:
+        return logistic_g_loss(D, fakes)
+
+
+def make_loss(cfg: TrainConfig) -> Loss:
+    """The Loss named by cfg.loss, with cfg's penalty weights."""
+    if cfg.loss == "wgan_gp":
+        return WGANGP(cfg.gp_lambda, cfg.drift, cfg.gp_target)
+    return LogisticR1(cfg.r1_gamma)  # "logistic", the only other loss TrainConfig accepts
