@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 from ganserve.models import ModelConfig, build_generator
 from ganserve.models.weights import save_model
+
+# Exports that `--backend auto` makes on first use go to a cache of this test run's own (inherited by the servers and
+# commands the tests start), never to the user's ~/.cache.
+os.environ["GANSERVE_CACHE"] = tempfile.mkdtemp(prefix="ganserve-test-cache-")
 
 TINY = dict(resolution=16, z_dim=32, w_dim=32, fmap_base=128, fmap_max=32, mapping_layers=2)
 

@@ -1,6 +1,7 @@
 """The backend interface: load_backend and `auto`, torch.compile parity, and the GPU backends (skipped without one)."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -48,17 +49,46 @@ def test_every_backend_name_is_registered_and_unknown_names_are_refused(model_di
         load_backend(model_dirs["stylegan"], "tvm", "cpu")
 
 
-def test_auto_never_builds_an_artifact_it_takes_the_fastest_ready_backend(model_dirs, tmp_path):
+def test_auto_on_cpu_exports_once_into_the_user_cache_and_reuses_it(model_dirs, tmp_path, monkeypatch):
+    """`auto` on the CPU runs ONNX Runtime: on first use it exports the model into the per-user cache (keyed by the
+    weights), never next to the model; later loads reuse that export, and an export next to the model wins."""
     import shutil
 
+    from ganserve.export.artifacts import default_export_dir
+    from ganserve.export.onnx_export import export_onnx
+
+    monkeypatch.setenv("GANSERVE_CACHE", str(tmp_path / "cache"))
     model = tmp_path / "model"
     shutil.copytree(model_dirs["progan"], model)
     first = load_backend(model, "auto", "cpu")
-    assert first.name == "torch" and not (model / "onnx").exists()
-    assert len(first.auto_skipped) == 1 and "no current ONNX export" in first.auto_skipped[0]
-    load_backend(model, "onnxruntime", "cpu")  # named explicitly: exports next to the model
-    assert (model / "onnx" / "manifest.json").is_file()
-    assert load_backend(model, "auto", "cpu").name == "onnxruntime"
+    cached = default_export_dir(model, "onnx", cached=True)
+    assert first.name == "onnxruntime" and first.auto_skipped == [] and first.export_dir == cached
+    assert not (model / "onnx").exists() and cached.is_relative_to(tmp_path / "cache")
+    made = (cached / "manifest.json").stat().st_mtime_ns
+    assert load_backend(model, "auto", "cpu").export_dir == cached
+    assert (cached / "manifest.json").stat().st_mtime_ns == made  # reused, not made again
+    specs = make_specs(first.config, list(range(6)))
+    torch_images = load_backend(model, "torch", "cpu").generate(specs)
+    assert_close_images(first.generate(specs), torch_images, equal_fraction=0.999, max_diff=1)
+    assert load_backend(model, "onnxruntime", "cpu").export_dir == cached  # named explicitly: the same export
+    export_onnx(model, progress=lambda line: None)  # `ganserve export`: next to the model, which is then preferred
+    assert load_backend(model, "auto", "cpu").export_dir == model / "onnx"
+
+
+def test_processes_starting_together_export_once(model_dirs, tmp_path):
+    """Two processes (as a server's workers) loading `auto` at the same time: one exports, the other waits for it."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dirs["stylegan"], model)
+    env = {**os.environ, "GANSERVE_CACHE": str(tmp_path / "cache")}
+    code = ("import sys; from ganserve.inference import load_backend; "
+            "print(load_backend(sys.argv[1], 'auto', 'cpu').name)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(model)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [o[0].strip() for o in outs] == ["onnxruntime", "onnxruntime"], outs
+    assert sum(o[1].count("to ONNX once") for o in outs) == 1, [o[1] for o in outs]
 
 
 def test_tensorrt_on_cpu_says_why_in_one_line(model_dirs):

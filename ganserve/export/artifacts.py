@@ -26,9 +26,18 @@ MANIFEST_VERSION = 1
 FORMATS = ("onnx", "tensorrt")
 
 
-def default_export_dir(model_dir: str | Path, fmt: str, fp16: bool = False, key: str = "") -> Path:
-    """Where `ganserve export` writes by default: a folder inside the model directory it came from (or, when that
-    directory is read-only, in ~/.cache/ganserve/exports/NAME-SHA).
+def cache_dir() -> Path:
+    """The per-user cache: $GANSERVE_CACHE, else $XDG_CACHE_HOME/ganserve, else ~/.cache/ganserve."""
+    if os.environ.get("GANSERVE_CACHE"):
+        return Path(os.environ["GANSERVE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganserve"
+
+
+def default_export_dir(model_dir: str | Path, fmt: str, fp16: bool = False, key: str = "",
+                       cached: bool = False) -> Path:
+    """Where `ganserve export` writes by default: a folder inside the model directory it came from, or with
+    `cached` (or when that directory is read-only) in the per-user cache, CACHE/exports/NAME-SHA, keyed by the
+    model's weights.
 
     onnx -> MODEL_DIR/onnx (fp32) or MODEL_DIR/onnx-fp16; tensorrt -> MODEL_DIR/tensorrt/KEY, KEY naming the GPU,
     the TensorRT version and the precision, because an engine only runs where it was built.
@@ -36,10 +45,8 @@ def default_export_dir(model_dir: str | Path, fmt: str, fp16: bool = False, key:
     if fmt not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     base = Path(model_dir)
-    if not os.access(base, os.W_OK):
-        # A model installed read-only (e.g. a bundled one in site-packages): a per-user cache keyed by its weights.
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganserve" / "exports"
-        base = cache / f"{base.name}-{weights_sha256(base)[:16]}"
+    if cached or not os.access(base, os.W_OK):
+        base = cache_dir() / "exports" / f"{base.name}-{weights_sha256(base)[:16]}"
     if fmt == "onnx":
         return base / ("onnx-fp16" if fp16 else "onnx")
     return base / "tensorrt" / key

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import io
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -97,13 +98,15 @@ def synthesis_graph(G, output: str = "uint8", dtype: torch.dtype = torch.float32
 
 def _quiet_export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
                   dynamic_shapes: tuple, opset: int) -> None:
-    """torch.onnx.export (dynamo) with its console chatter captured; the message of a failure is kept."""
+    """torch.onnx.export (dynamo) with its console chatter and warnings captured; the message of a failure is
+    kept."""
     log = logging.getLogger("torch.onnx")
     level = log.level
     log.setLevel(logging.ERROR)
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter), torch.no_grad():
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the exporter's own deprecation notices, not the user's business
             torch.onnx.export(
                 module, args, str(path), dynamo=True, opset_version=opset, input_names=input_names,
                 output_names=output_names, dynamic_shapes=dynamic_shapes, external_data=False, verbose=False,

@@ -5,6 +5,7 @@ Owns finding (or making) the ONNX export of a model, session options and provide
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -20,28 +21,57 @@ from ganserve.inference.backend import Backend
 from ganserve.inference.sampling import BatchInputs, batch_noise, batch_styles, batch_transform
 
 
-def find_onnx_export(model: Path, build: bool = True, progress=None) -> Path:
-    """The ONNX folder for `model`: the folder itself if it is one, else MODEL/onnx, exported there when missing or
-    made from other weights (with build=False: BackendUnavailable instead)."""
+def find_onnx_export(model: Path, build: bool = True, progress=None, cached: bool = False) -> Path:
+    """The ONNX folder for `model`: the folder itself if it is one, else a current export of the model's weights
+    (MODEL/onnx, or the one in the per-user cache). When there is none: with build=False BackendUnavailable; else
+    exported, next to the model, or with `cached` into the per-user cache (once per weights and exporter version;
+    processes starting together export it once, the others wait for it)."""
     if is_export_dir(model):
         manifest = read_manifest(model)
         if manifest.get("artifact") != "onnx":
             raise BackendUnavailable(f"{model} holds a {manifest.get('artifact')} export, not an ONNX one")
         return model
-    out = default_export_dir(model, "onnx")
-    if not is_current(out, model, output="uint8", exporter_version=EXPORTER_VERSION):
-        if not build:
-            raise BackendUnavailable(f"no current ONNX export of {model} (make one: ganserve export --model {model})")
-        say = progress or (lambda line: print(f"onnxruntime: {line}", file=sys.stderr))
-        say(f"no current ONNX export of {model}; exporting to {out}")
-        try:
+    beside, in_cache = default_export_dir(model, "onnx"), default_export_dir(model, "onnx", cached=True)
+    for candidate in dict.fromkeys((beside, in_cache)):
+        if _current(candidate, model):
+            return candidate
+    if not build:
+        raise BackendUnavailable(f"no current ONNX export of {model} (make one: ganserve export --model {model})")
+    out = in_cache if cached else beside
+    say = progress or (lambda line: print(f"onnxruntime: {line}", file=sys.stderr))
+    try:
+        with _export_lock(out):
+            if _current(out, model):  # another process made it while this one waited
+                return out
+            say(f"exporting {model} to ONNX once, into {out}" + (" (the per-user cache)" if cached else ""))
             export_onnx(model, out, progress=say)
-        except OSError as e:
-            raise BackendUnavailable(f"cannot write the ONNX export next to {model} ({e.strerror or e}); "
-                                     "run `ganserve export --out DIR` and use DIR") from None
-        except ExportError as e:
-            raise BackendUnavailable(str(e).splitlines()[0]) from None
+    except OSError as e:
+        raise BackendUnavailable(f"cannot write the ONNX export {out} ({e.strerror or e}); "
+                                 "run `ganserve export --out DIR` and use DIR") from None
+    except ExportError as e:
+        raise BackendUnavailable(str(e).splitlines()[0]) from None
     return out
+
+
+def _current(export_dir: Path, model: Path) -> bool:
+    return is_current(export_dir, model, output="uint8", exporter_version=EXPORTER_VERSION)
+
+
+@contextlib.contextmanager
+def _export_lock(out: Path):
+    """An exclusive lock beside `out` while it is being made (POSIX advisory locks; elsewhere none)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as f:
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -57,7 +87,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, model_dir: Path, device: torch.device, threads: int | None = None,
-                 optimization: str = "all", build: bool = True):
+                 optimization: str = "all", build: bool = True, cached: bool = False):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -66,7 +96,7 @@ class OnnxRuntimeBackend(Backend):
         if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailable(f"onnxruntime {ort.__version__} has no CUDA provider here "
                                      "(install onnxruntime-gpu, or use --device cpu)")
-        self.export_dir = find_onnx_export(Path(model_dir), build)
+        self.export_dir = find_onnx_export(Path(model_dir), build, cached=cached)
         super().__init__(self.export_dir, device)
         self.manifest = read_manifest(self.export_dir)
         self.max_batch_size = int(self.manifest["max_batch"])

@@ -23,20 +23,24 @@ BACKENDS: dict[str, type[Backend]] = {
     "tensorrt": TensorRTBackend,
 }
 BACKEND_CHOICES = ("auto", *BACKENDS)
-# `auto`: the first of these that is ready, fastest first. Ready means its artifact exists:
-# auto never builds one (an ONNX export or TensorRT engine takes seconds to minutes and writes next to the model;
-# `ganserve export` does that, or naming the backend explicitly). torch.compile is left out: it compiles for
-# about half a minute at every start.
+# `auto`: the first of these that runs here, fastest first. On the CPU that is ONNX Runtime, exported on first use
+# into the per-user cache (keyed by the weights and the exporter version) and reused after; on CUDA an ONNX export or
+# TensorRT engines only when they exist already (`ganserve export` makes them), else torch. torch.compile is left
+# out: it compiles for about half a minute at every start.
 AUTO_ORDER = {"cuda": ("tensorrt", "onnxruntime", "torch"), "cpu": ("onnxruntime", "torch")}
-_BUILDS = ("onnxruntime", "tensorrt")
+AUTO_OPTIONS = {
+    "cuda": {"tensorrt": {"build": False}, "onnxruntime": {"build": False}},
+    "cpu": {"onnxruntime": {"build": True, "cached": True}},
+}
 
 
 def load_backend(model: str | Path, backend: str = "torch", device: str = "auto", **options) -> Backend:
     """The named backend for a model directory (or bundled model name, or export folder) on a device.
 
-    device 'auto': CUDA if present. backend 'auto': the first backend of AUTO_ORDER that is ready here; each one
-    that is not is skipped (its reason is kept in `auto_skipped`). Raises BackendUnavailable with a one-line reason.
-    An explicitly named onnxruntime/tensorrt backend exports its artifact next to the model when it is missing.
+    device 'auto': CUDA if present. backend 'auto': the first backend of AUTO_ORDER that can run here (with
+    AUTO_OPTIONS); each one that cannot is skipped (its reason is kept in `auto_skipped`). Raises BackendUnavailable
+    with a one-line reason. An explicitly named onnxruntime/tensorrt backend exports its artifact next to the model
+    when it is missing.
     """
     if backend not in BACKEND_CHOICES:
         raise UsageError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
@@ -53,9 +57,10 @@ def load_backend(model: str | Path, backend: str = "torch", device: str = "auto"
     if backend != "auto":
         return BACKENDS[backend](path, dev, **options)
     skipped: list[str] = []
-    for name in AUTO_ORDER["cuda" if dev.type == "cuda" else "cpu"]:
+    kind = "cuda" if dev.type == "cuda" else "cpu"
+    for name in AUTO_ORDER[kind]:
         try:
-            chosen = BACKENDS[name](path, dev, **({"build": False} if name in _BUILDS else {}))
+            chosen = BACKENDS[name](path, dev, **AUTO_OPTIONS[kind].get(name, {}))
         except (BackendUnavailable, ExportError) as e:
             skipped.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             continue
