@@ -27,9 +27,10 @@ from ganserve.imaging import make_grid, to_pil, to_uint8
 from ganserve.models import build_discriminator, build_generator
 from ganserve.models.config import ModelConfig
 from ganserve.models.generator import ProgressiveGenerator
-from ganserve.models.latents import parse_seeds, seeds_to_z, style_mixing
+from ganserve.models.latents import seeds_to_z, style_mixing
 from ganserve.models.layers import downsample, fade_in, upsample
 from ganserve.models.weights import save_model
+from ganserve.schema import parse_seeds
 from ganserve.train import distributed as ddp
 from ganserve.train.checkpoint import (
     CHECKPOINT_FORMAT,
