@@ -4,6 +4,10 @@ Owns PARAMS: name, HTTP name, type, default, bounds, description, command-line f
 an image request. The HTTP models (ganserve.serve.params), the flags of `ganserve generate` and `ganserve sample`
 (add_flags) and the client (http_params) are built from it; make_spec (ganserve.inference.sampling) checks a value
 against a model after the checks here. Torch-free and pydantic-free: the client imports it.
+
+A new parameter is a Param in PARAMS, a keyword of make_spec (with the SampleSpec field and batch input that carry
+it) and a keyword of the client's generate_bytes; the HTTP models and the CLI flags follow from the table, and
+tests/test_schema.py checks that make_spec and the client agree with it.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     `sample` take them. Left out, a parameter is None (--format: png): make_spec or the server picks its default."""
     for p in PARAMS:
         if p.cli_help is not None:
-            default = p.default if p.name == "format" else None
+            default = p.default if p.name == "format" else None  # the extension of the files both commands write
             parser.add_argument(p.flag, dest=p.name, type=p.type, choices=p.choices, default=default,
                                 metavar=p.metavar, help=p.cli_help)
 

@@ -72,8 +72,9 @@ class Service:
         self.metrics.images.labels(model, fmt).inc()
         return result, data
 
-    async def one_image(self, params) -> Response:
-        """GET /generate's answer to validated query parameters (ApiError before the image is queued)."""
+    async def one_image(self, params: BaseModel) -> Response:
+        """GET /generate's answer to validated query parameters, a GenerateQuery (ApiError before the image is
+        queued)."""
         job = make_job(params, [params.seed], self.configs, self.default_model)
         self.dispatcher.admit()
         result, data = await self.image(await self.dispatcher.generate(job.model, job.specs[0]), job.model, job.format)
