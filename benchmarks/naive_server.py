@@ -25,7 +25,7 @@ from ganserve.devices import cpu_threads_per_worker
 from ganserve.imaging import encode
 from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import make_spec
-from ganserve.models.latents import MAX_SEED
+from ganserve.schema import MAX_SEED
 from ganserve.serve.encoding import PNG_LEVEL
 
 OPTIONS_VARIABLE = "GANSERVE_NAIVE_SERVER_OPTIONS"

@@ -15,6 +15,7 @@ import torch
 from ganserve.errors import GanserveError, UsageError
 from ganserve.models.config import ARCHS, ModelConfig
 from ganserve.models.weights import DEFAULT_MODEL
+from ganserve.schema import SEEDS, add_flags, parse_seeds, spec_kwargs
 
 # The help of --model where it may be left out (generate, eval, export): the model `ganserve serve` serves by default.
 MODEL_DEFAULT_HELP = f"(default: the bundled {DEFAULT_MODEL}, as for `ganserve serve`)"
@@ -130,17 +131,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from ganserve.imaging import encode, make_grid, to_pil
     from ganserve.inference.registry import load_backend
     from ganserve.inference.sampling import iter_batches, make_specs
-    from ganserve.models.latents import parse_seeds
 
     backend = load_backend(args.model or default_model(), args.backend, args.device, precision=args.precision)
     if backend.device.type == "cpu":
         keep_freed_memory()  # the batches' buffers are reused instead of faulted in afresh (benchmarks/README.md)
     seeds = parse_seeds(args.seeds)
-    specs = make_specs(
-        backend.config, seeds, psi=args.psi, mix_seed=args.mix_seed, mix_layers=args.mix_layers,
-        noise=args.noise, truncation_cutoff=args.truncation_cutoff, class_idx=args.class_idx,
-        rotate=args.rotate, translate=args.translate,
-    )
+    specs = make_specs(backend.config, seeds, **spec_kwargs(args))
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     images = []
@@ -186,17 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write images for a list of seeds")
     p.add_argument("--model", help=f"model directory or bundled model name {MODEL_DEFAULT_HELP}")
-    p.add_argument("--seeds", required=True, help="e.g. 42, 0-15 or 1,2,5-10")
-    p.add_argument("--psi", type=float, default=1.0, help="truncation psi in [-1, 2] (1 = none)")
-    p.add_argument("--truncation-cutoff", type=int, help="truncate only ws layers below this index (default all)")
-    p.add_argument("--mix-seed", type=int, help="seed whose styles replace mix-layers (StyleGAN)")
-    p.add_argument("--mix-layers", help="coarse, middle, fine, all, a-b or a list (default coarse)")
-    p.add_argument("--noise", choices=("const", "random", "none"), default="const",
-                   help="const (the saved noise maps), random (seeded by the image's seed) or none (StyleGAN)")
-    p.add_argument("--class", dest="class_idx", type=int,
-                   help="class label in [0, c_dim) of a class-conditional model (required for those)")
-    p.add_argument("--rotate", type=float, help="StyleGAN3: rotate the images by this many degrees")
-    p.add_argument("--translate", metavar="X,Y", help="StyleGAN3: shift the images by X,Y image sizes, e.g. 0.25,0")
+    p.add_argument("--seeds", required=True, help=SEEDS.cli_help)
+    add_flags(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "compile", "onnxruntime", "tensorrt"),
@@ -204,7 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
                    help="torch/compile backends on CUDA (default fp16 for ProGAN/StyleGAN; fp32 for StyleGAN2/3, "
                         "where fp16 runs only the layers their source ran in float16)")
-    p.add_argument("--format", choices=("png", "jpeg", "webp"), default="png")
     p.add_argument("--outdir", required=True)
     p.add_argument("--grid", help="also write all images as one grid PNG here")
     p.add_argument("--quiet", action="store_true")

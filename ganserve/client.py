@@ -1,6 +1,7 @@
 """Python client of the ganserve HTTP API: Client (blocking) and AsyncClient, images as PIL images or raw bytes.
 
-Owns building requests, reading the POST /generate image stream, retrying on 503, and ServerError.
+Owns building requests (their parameters as ganserve.schema names them), reading the POST /generate image stream,
+retrying on 503, and ServerError. Imports neither torch nor the server.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any
 
 import httpx
 from PIL import Image
 
-from ganserve.serve.multipart import MultipartParser, boundary_of
+from ganserve.multipart import MultipartParser, boundary_of
+from ganserve.schema import http_params, parse_seeds
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 MAX_CHUNK = 128  # seeds per POST when generate_many splits a long list
@@ -41,19 +42,8 @@ def _error(status: int, content: bytes, headers: httpx.Headers) -> ServerError:
     return ServerError(status, detail, field, float(retry) if retry and retry.isdigit() else None)
 
 
-def _params(**params: Any) -> dict[str, Any]:
-    """Request parameters, leaving out those not given (the server's defaults apply). `class_idx` is sent as `class`
-    (a Python keyword), a `translate` pair (x, y) as "x,y"."""
-    if params.get("translate") is not None and not isinstance(params["translate"], str):
-        x, y = params["translate"]
-        params["translate"] = f"{float(x)!r},{float(y)!r}"
-    return {("class" if k == "class_idx" else k): v for k, v in params.items() if v is not None}
-
-
 def _seed_list(seeds: int | str | Iterable[int]) -> list[int]:
     if isinstance(seeds, str):
-        from ganserve.models.latents import parse_seeds  # the one seed-list parser (imports torch: only when needed
-
         return parse_seeds(seeds)
     return [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
 
@@ -119,7 +109,7 @@ class Client:
     ) -> bytes:
         """One encoded image (PNG unless `format` says jpeg or webp); `class_idx`: the class of a conditional model;
         `rotate` (degrees) and `translate` ((x, y) image sizes): StyleGAN3 only."""
-        params = _params(seed=seed, psi=psi, mix_seed=mix_seed, mix_layers=mix_layers, model=model, noise=noise,
+        params = http_params(seed=seed, psi=psi, mix_seed=mix_seed, mix_layers=mix_layers, model=model, noise=noise,
                          truncation_cutoff=truncation_cutoff, format=format, class_idx=class_idx, rotate=rotate,
                          translate=translate)
         return self._send("GET", "/generate", params=params).content
@@ -151,7 +141,7 @@ class Client:
     ) -> Iterator[tuple[int, bytes]]:
         """(seed, encoded image) for every seed, as they arrive (not in order). `seeds`: list, range or '0-99'."""
         chunks = _chunks(_seed_list(seeds), concurrency, chunk_size)
-        body = _params(**params)
+        body = http_params(**params)
         todo: queue.Queue = queue.Queue()
         for c in chunks:
             todo.put(c)
@@ -231,7 +221,7 @@ class AsyncClient:
         format: str | None = None, class_idx: int | None = None, rotate: float | None = None,
         translate: tuple[float, float] | str | None = None,
     ) -> bytes:
-        params = _params(seed=seed, psi=psi, mix_seed=mix_seed, mix_layers=mix_layers, model=model, noise=noise,
+        params = http_params(seed=seed, psi=psi, mix_seed=mix_seed, mix_layers=mix_layers, model=model, noise=noise,
                          truncation_cutoff=truncation_cutoff, format=format, class_idx=class_idx, rotate=rotate,
                          translate=translate)
         return (await self._send("GET", "/generate", params=params)).content
@@ -261,7 +251,7 @@ class AsyncClient:
     ) -> AsyncIterator[tuple[int, bytes]]:
         """(seed, encoded image) for every seed, as they arrive, with up to `concurrency` requests in flight."""
         chunks = _chunks(_seed_list(seeds), concurrency, chunk_size)
-        body = _params(**params)
+        body = http_params(**params)
         results: asyncio.Queue = asyncio.Queue()
         todo = iter(chunks)
 

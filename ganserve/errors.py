@@ -29,6 +29,10 @@ class SpecError(GanserveError, ValueError):
         self.field = field
 
 
+class UnsupportedError(SpecError):
+    """A parameter the model cannot honour at all: style mixing asked of a model without a w space (ProGAN)."""
+
+
 class ModelLoadError(GanserveError):
     """A model directory that cannot be loaded (missing, incomplete, or weights that do not fit the config)."""
 

@@ -21,7 +21,7 @@ from ganserve.errors import SpecError
 from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import SampleSpec, make_spec, make_specs
 from ganserve.models.weights import save_model
-from ganserve.serve.multipart import MultipartParser, boundary_of
+from ganserve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 
 C_DIM = 4

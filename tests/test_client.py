@@ -13,7 +13,7 @@ from PIL import Image
 from ganserve.client import AsyncClient, Client, ServerError
 from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import make_spec
-from ganserve.serve.multipart import MultipartParser, closing, part
+from ganserve.multipart import MultipartParser, closing, part
 from ganserve.serve.process import ServerProcess
 
 
@@ -110,3 +110,10 @@ def test_multipart_reader_handles_any_chunking_and_detects_a_cut_stream():
     list(parser.feed(stream[:-12]))
     with pytest.raises(ValueError, match="ended early"):
         parser.close()
+
+
+def test_the_client_imports_neither_torch_nor_litserve_nor_the_server():
+    check = ("import ganserve.client, sys; bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'litserve') "
+             "or m.startswith('ganserve.serve')]; assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

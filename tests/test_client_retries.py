@@ -17,9 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from ganserve import multipart
 from ganserve.client import AsyncClient, Client, ServerError
 from ganserve.imaging import encode
-from ganserve.serve import multipart
 
 pytestmark = pytest.mark.slow  # the client really sleeps for each Retry-After (about 10 s in all)
 BUSY = "the server is busy: 512 images are queued (limit 512); retry shortly"

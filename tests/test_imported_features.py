@@ -32,7 +32,7 @@ from ganserve.client import AsyncClient, Client, ServerError
 from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import make_spec
 from ganserve.models.importers import import_checkpoint
-from ganserve.serve.multipart import MultipartParser, boundary_of
+from ganserve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent

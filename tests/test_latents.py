@@ -4,18 +4,16 @@ import torch
 
 from ganserve.errors import SpecError
 from ganserve.models.latents import (
-    MAX_SEED,
-    check_psi,
     layer_presets,
     noise_for_seed,
     parse_layers,
-    parse_seeds,
     seed_to_z,
     seeds_to_z,
     style_mixing,
     truncation,
     truncation_psi_rows,
 )
+from ganserve.schema import MAX_SEED, check_psi, parse_seeds
 
 
 def test_seed_to_z_follows_the_nvlabs_randomstate_convention():

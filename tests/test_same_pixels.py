@@ -26,7 +26,7 @@ from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import batch_styles, make_specs, prepare_batch
 from ganserve.models.layers import conv2d
 from ganserve.models.weights import save_model
-from ganserve.serve.multipart import MultipartParser, boundary_of
+from ganserve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 
 MAX_BATCH = 32  # ganserve serve's default --max-batch-size

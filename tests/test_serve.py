@@ -24,7 +24,7 @@ from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import make_spec
 from ganserve.models import ModelConfig, build_generator
 from ganserve.models.weights import save_model
-from ganserve.serve.multipart import MultipartParser, boundary_of
+from ganserve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -93,8 +93,8 @@ def test_get_returns_the_png_that_ganserve_generate_writes(http, model_dirs, tmp
 
 
 def test_get_answers_alike_on_the_fast_path_and_through_fastapi(http):
-    """A plain GET /generate skips FastAPI (routes.FastGet); a parameter given twice is left to FastAPI, which takes
-    the last value. Both must give the same image and headers."""
+    """GET /generate skips FastAPI (routes.FastGet) and parses its query as the FastAPI route does (params.parse_query):
+    a parameter given twice counts with its last value. Both must give the same image and headers."""
     fast = http.get("/generate", params={"seed": 7, "psi": 0.6})
     slow = http.get("/generate?seed=7&psi=0.9&psi=0.6")
     assert fast.status_code == slow.status_code == 200, (fast.text, slow.text)

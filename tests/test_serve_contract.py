@@ -19,7 +19,7 @@ from test_truncation_contract import assert_same_image, independent_images
 
 from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import make_spec
-from ganserve.serve.multipart import MultipartParser, boundary_of
+from ganserve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 
 pytestmark = pytest.mark.slow

@@ -28,7 +28,7 @@ from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import make_spec
 from ganserve.models import ModelConfig, build_generator
 from ganserve.models.weights import save_model
-from ganserve.serve.multipart import MultipartParser, boundary_of
+from ganserve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 
 pytestmark = pytest.mark.slow

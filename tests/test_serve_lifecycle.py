@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ganserve.devices import cpu_cores
-from ganserve.serve.multipart import MultipartParser, boundary_of
+from ganserve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess, alive
 
 pytestmark = pytest.mark.slow

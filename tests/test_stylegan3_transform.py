@@ -23,7 +23,7 @@ from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import make_spec, prepare_batch, run_eager
 from ganserve.models.stylegan3 import image_transform, make_transform
 from ganserve.models.weights import load_model, save_model
-from ganserve.serve.multipart import MultipartParser, boundary_of
+from ganserve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 
 SEEDS = [0, 1, 2, 3]

@@ -1,26 +1,23 @@
 """From per-image requests (seed, psi, mixing, noise, class, StyleGAN3 rotate/translate) to uint8 images, in
 batches, on any generator backend.
 
-Owns SampleSpec validation, the host-side batch inputs (z, class labels, z_mix, psi rows, mix masks, noise, input
-transforms) and the eager run.
+Owns SampleSpec validation against a model (make_spec; the checks that need no model are in ganserve.schema), the
+host-side batch inputs (z, class labels, z_mix, psi rows, mix masks, noise, input transforms) and the eager run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ganserve.errors import SpecError, UsageError
+from ganserve.errors import SpecError, UnsupportedError, UsageError
 from ganserve.imaging import to_uint8
 from ganserve.models.config import ModelConfig
 from ganserve.models.latents import (
-    check_psi,
-    check_seed,
     noise_for_seed,
     parse_layers,
     seeds_to_z,
@@ -29,11 +26,14 @@ from ganserve.models.latents import (
     truncation_psi_rows,
 )
 from ganserve.models.stylegan3 import image_transform
-
-NOISE_MODES = ("const", "random", "none")  # none: no noise added (zero noise maps)
-DEFAULT_MIX_LAYERS = "coarse"
-ROTATE_MAX = 360.0  # degrees, either way
-TRANSLATE_MAX = 100.0  # image widths/heights, either way
+from ganserve.schema import (
+    DEFAULT_MIX_LAYERS,
+    check_noise,
+    check_psi,
+    check_rotate,
+    check_seed,
+    check_translate,
+)
 
 
 @dataclass(frozen=True)
@@ -75,39 +75,6 @@ def check_class(class_idx: object, c_dim: int) -> int | None:
     return int(class_idx)
 
 
-def check_transform(rotate: object, translate: object, arch: str) -> tuple[float, tuple[float, float]]:
-    """rotate (degrees in [-360, 360]) and translate ((x, y), each in [-100, 100] image sizes; a pair or "x,y") as
-    floats; SpecError naming the field when malformed, out of range, or given to a model other than StyleGAN3 (only
-    its Fourier-feature input can be rotated and shifted). None means 0."""
-    rotate = 0.0 if rotate is None else rotate
-    translate = (0.0, 0.0) if translate is None else translate
-    if isinstance(translate, str):
-        translate = translate.split(",")
-    try:
-        if isinstance(rotate, bool):
-            raise TypeError
-        angle = float(rotate)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise SpecError(f"rotate must be a number of degrees, got {rotate!r}", field="rotate") from None
-    if not math.isfinite(angle) or abs(angle) > ROTATE_MAX:
-        raise SpecError(f"rotate must be a finite angle in [-{ROTATE_MAX:g}, {ROTATE_MAX:g}] degrees, got {rotate!r}",
-                        field="rotate")
-    try:
-        if isinstance(translate, (str, bytes)) or len(translate) != 2 or any(isinstance(t, bool) for t in translate):
-            raise TypeError
-        shift = (float(translate[0]), float(translate[1]))
-    except (TypeError, ValueError):
-        raise SpecError(f"translate must be two numbers x,y, got {translate!r}", field="translate") from None
-    if not all(math.isfinite(t) and abs(t) <= TRANSLATE_MAX for t in shift):
-        raise SpecError(f"translate must be two finite numbers in [-{TRANSLATE_MAX:g}, {TRANSLATE_MAX:g}] (image "
-                        f"sizes), got {translate!r}", field="translate")
-    if (angle != 0 or shift != (0.0, 0.0)) and arch != "stylegan3":
-        field = "rotate" if angle != 0 else "translate"
-        raise SpecError(f"{field} needs a StyleGAN3 model (its input can be rotated and shifted); this one is {arch}",
-                        field=field)
-    return angle + 0.0, (shift[0] + 0.0, shift[1] + 0.0)  # + 0.0: -0.0 becomes 0.0
-
-
 def make_spec(
     config: ModelConfig,
     seed: int,
@@ -120,26 +87,31 @@ def make_spec(
     rotate: float | None = None,
     translate: tuple[float, float] | str | None = None,
 ) -> SampleSpec:
-    """Validate one image's parameters against a model; raises SpecError naming the problem."""
+    """Validate one image's parameters (ganserve.schema.SPEC_PARAMS) against a model; raises SpecError naming the
+    field, UnsupportedError for style mixing on a model without a w space. The one check of a request against its
+    model: the CLI, the library and the server (ganserve.serve.params.make_job) all come here."""
     seed = check_seed(seed)
     psi = check_psi(psi)
-    class_idx = check_class(class_idx, config.c_dim)
-    rotate, translate = check_transform(rotate, translate, config.arch)
-    if noise not in NOISE_MODES:
-        raise SpecError(f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}", field="noise")
-    if truncation_cutoff is not None:
-        truncation_psi_rows([psi], config.num_ws, truncation_cutoff)  # validates the cutoff
     layers: tuple[int, ...] = ()
     if mix_seed is not None or mix_layers is not None:
         if not config.supports_mixing:
-            raise SpecError(
+            raise UnsupportedError(
                 f"style mixing needs a StyleGAN model; this one is {config.arch} (it has no w space)",
-                field="mix_seed",
+                field="mix_seed" if mix_seed is not None else "mix_layers",
             )
+        layers = parse_layers(DEFAULT_MIX_LAYERS if mix_layers is None else mix_layers, config)
         if mix_seed is None:
             raise SpecError("mix_layers was given without mix_seed", field="mix_seed")
         mix_seed = check_seed(mix_seed, "mix_seed")
-        layers = parse_layers(DEFAULT_MIX_LAYERS if mix_layers is None else mix_layers, config)
+    if truncation_cutoff is not None:
+        truncation_psi_rows([psi], config.num_ws, truncation_cutoff)  # validates the cutoff
+    class_idx = check_class(class_idx, config.c_dim)
+    rotate, translate = check_rotate(rotate), check_translate(translate)
+    if (rotate != 0 or translate != (0.0, 0.0)) and config.arch != "stylegan3":
+        field = "rotate" if rotate != 0 else "translate"
+        raise SpecError(f"{field} needs a StyleGAN3 model (its input can be rotated and shifted); this one is "
+                        f"{config.arch}", field=field)
+    noise = check_noise(noise)
     return SampleSpec(seed, psi, mix_seed, layers, noise, truncation_cutoff, class_idx, rotate, translate)
 
 

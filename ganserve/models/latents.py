@@ -1,40 +1,22 @@
 """Seeds, latents, truncation and style mixing: the one implementation that the CLI, backends and server call.
 
-Owns seed -> z (NVlabs' RandomState convention), seed-list and layer-spec parsing, psi checks, truncation, mixing.
+Owns seed -> z (NVlabs' RandomState convention), layer-spec parsing, truncation and mixing; the checks of seeds, seed
+lists and psi that need no model are in ganserve.schema.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ganserve.errors import SpecError
-
-MAX_SEED = 2**32 - 1
-PSI_MIN, PSI_MAX = -1.0, 2.0
-LAYER_PRESETS = ("coarse", "middle", "fine", "all")
-_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$", re.ASCII)  # ASCII: \s and \d as int() reads them
-_INT = re.compile(r"^\s*(\d+)\s*$", re.ASCII)
+from ganserve.schema import INT_PATTERN, LAYER_PRESETS, RANGE_PATTERN, check_psi, check_seed
 
 
 # -- seeds ---------------------------------------------------------------------------------------------------
-def check_seed(seed: object, name: str = "seed") -> int:
-    """Return `seed` as an int if it is an integer in [0, 2**32 - 1], else raise SpecError."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        if isinstance(seed, str) and _INT.match(seed):
-            seed = int(seed)
-        else:
-            raise SpecError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}", field=name)
-    seed = int(seed)
-    if not 0 <= seed <= MAX_SEED:
-        raise SpecError(f"{name} must be in [0, {MAX_SEED}], got {seed}", field=name)
-    return seed
-
-
 def seed_to_z(seed: int, z_dim: int) -> np.ndarray:
     """The latent of a seed: np.random.RandomState(seed).randn(z_dim) as float32 (NVlabs' convention)."""
     return np.random.RandomState(check_seed(seed)).randn(z_dim).astype(np.float32)
@@ -53,56 +35,7 @@ def noise_for_seed(seed: int, resolutions: Sequence[int]) -> list[np.ndarray]:
     return [rng.standard_normal((1, r, r)).astype(np.float32) for r in resolutions]
 
 
-def parse_seeds(spec: str | int | Iterable[int], max_count: int | None = None) -> list[int]:
-    """Seeds from `7`, `"0-99"`, `"1,2,5-10"` or a list of ints; ranges are inclusive. Order is kept."""
-    if isinstance(spec, bool):
-        raise SpecError(f"seeds must be an integer, a list or a string like '0-99', got {spec!r}", field="seeds")
-    if isinstance(spec, (int, np.integer)):
-        items: list[int] = [check_seed(spec)]
-    elif isinstance(spec, str):
-        if not spec.strip():
-            raise SpecError("seed list is empty", field="seeds")
-        items = []
-        for part in spec.split(","):
-            if m := _RANGE.match(part):
-                a, b = check_seed(int(m.group(1))), check_seed(int(m.group(2)))
-                if b < a:
-                    raise SpecError(f"seed range {part.strip()!r} runs backwards", field="seeds")
-                if max_count is not None and len(items) + b - a + 1 > max_count:
-                    raise SpecError(f"too many seeds: at most {max_count} per request", field="seeds")
-                items.extend(range(a, b + 1))
-            elif m := _INT.match(part):
-                items.append(check_seed(int(m.group(1))))
-            else:
-                bad = part.strip(" \t\r\n")
-                raise SpecError(f"bad seed {bad!r} in {spec!r}: use integers and ranges like '0-99,120'", field="seeds")
-    else:
-        try:
-            items = [check_seed(s) for s in spec]
-        except TypeError:
-            raise SpecError(
-                f"seeds must be an integer, a list or a string like '0-99', got {spec!r}",
-                field="seeds",
-            ) from None
-    if not items:
-        raise SpecError("seed list is empty", field="seeds")
-    if max_count is not None and len(items) > max_count:
-        raise SpecError(f"too many seeds: {len(items)}, at most {max_count} per request", field="seeds")
-    return items
-
-
 # -- psi and truncation ----------------------------------------------------------------------------------------
-def check_psi(psi: object) -> float:
-    """psi as a float if finite and in [-1, 2], else SpecError."""
-    try:
-        value = float(psi)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise SpecError(f"psi must be a number in [{PSI_MIN:g}, {PSI_MAX:g}], got {psi!r}", field="psi") from None
-    if isinstance(psi, bool) or not math.isfinite(value) or not PSI_MIN <= value <= PSI_MAX:
-        raise SpecError(f"psi must be a finite number in [{PSI_MIN:g}, {PSI_MAX:g}], got {psi!r}", field="psi")
-    return value
-
-
 def truncation_psi_rows(psi: Sequence[float], num_ws: int, cutoff: int | None = None) -> np.ndarray:
     """Per-sample, per-layer psi [N, num_ws]: psi on layers < cutoff (default all), 1 elsewhere."""
     cutoff = num_ws if cutoff is None else cutoff
@@ -175,12 +108,12 @@ def parse_layers(spec: str | Sequence[int], resolution) -> tuple[int, ...]:
             raise SpecError("mix_layers is empty", field="mix_layers")
         out: list[int] = []
         for part in key.split(","):
-            if m := _RANGE.match(part):
+            if m := RANGE_PATTERN.match(part):
                 a, b = int(m.group(1)), int(m.group(2))
                 if b < a:
                     raise SpecError(f"mix_layers range {part.strip()!r} runs backwards", field="mix_layers")
                 out.extend(range(a, b + 1))
-            elif m := _INT.match(part):
+            elif m := INT_PATTERN.match(part):
                 out.append(int(m.group(1)))
             else:
                 raise SpecError(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ganserve.devices import DEVICE_CHOICES
 from ganserve.errors import UsageError
+from ganserve.schema import SEEDS, add_flags, parse_seeds, spec_kwargs
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -36,14 +37,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from ganserve.client import Client, ServerError
-    from ganserve.models.latents import parse_seeds
 
     seeds = parse_seeds(args.seeds)
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    params = dict(psi=args.psi, mix_seed=args.mix_seed, mix_layers=args.mix_layers, model=args.model,
-                  noise=args.noise, truncation_cutoff=args.truncation_cutoff, format=args.format,
-                  class_idx=args.class_idx, rotate=args.rotate, translate=args.translate)
+    params = {**spec_kwargs(args), "model": args.model, "format": args.format}
     api_key = args.api_key or os.environ.get("GANSERVE_API_KEY")
     try:
         with Client(args.url, api_key=api_key) as client, tqdm(
@@ -93,18 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("sample", help="fetch images for many seeds from a running server")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server address (default http://127.0.0.1:8000)")
-    p.add_argument("--seeds", required=True, help="e.g. 42, 0-999 or 1,2,5-10")
+    p.add_argument("--seeds", required=True, help=SEEDS.cli_help)
     p.add_argument("--outdir", required=True)
     p.add_argument("--model", help="served model name (default: the server's default)")
-    p.add_argument("--psi", type=float, help="truncation psi in [-1, 2]")
-    p.add_argument("--truncation-cutoff", type=int)
-    p.add_argument("--mix-seed", type=int)
-    p.add_argument("--mix-layers")
-    p.add_argument("--noise", choices=("const", "random", "none"))
-    p.add_argument("--class", dest="class_idx", type=int, help="class label of a class-conditional model")
-    p.add_argument("--rotate", type=float, help="StyleGAN3: rotate the images by this many degrees")
-    p.add_argument("--translate", metavar="X,Y", help="StyleGAN3: shift the images by X,Y image sizes")
-    p.add_argument("--format", choices=("png", "jpeg", "webp"), default="png")
+    add_flags(p)
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
     p.add_argument("--api-key", help="the server's API key (or set GANSERVE_API_KEY)")
     p.add_argument("--quiet", action="store_true")

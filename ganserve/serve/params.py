@@ -1,4 +1,5 @@
-"""Request parameters of the HTTP API: pydantic models for the query string and JSON body, and the model-aware check.
+"""Request parameters of the HTTP API: the pydantic query and body models, built from ganserve.schema.PARAMS, the
+one parser of GET /generate's query string, and make_job.
 
 Owns turning a request into validated SampleSpecs (or an ApiError naming the bad field) before anything is queued.
 """
@@ -8,19 +9,27 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import HTTPException
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model
 
-from ganserve.errors import SpecError
-from ganserve.inference.sampling import ROTATE_MAX, SampleSpec, make_spec
+from ganserve.errors import SpecError, UnsupportedError
+from ganserve.inference.sampling import SampleSpec, make_spec
 from ganserve.models.config import ModelConfig
-from ganserve.models.latents import MAX_SEED, PSI_MAX, PSI_MIN, parse_layers, parse_seeds
+from ganserve.schema import (
+    MAX_SEED,
+    MODEL_NAME_PATTERN,  # noqa: F401 (ganserve.serve.server reads it from here)
+    PARAMS,
+    SEED,
+    SEEDS,
+    SPEC_PARAMS,
+    Param,
+    parse_seeds,
+)
 
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
-ImageFormat = Literal["png", "jpeg", "webp"]
 
 
 class ApiError(HTTPException):
@@ -31,55 +40,63 @@ class ApiError(HTTPException):
         self.field = field
 
 
-class CommonParams(BaseModel):
-    """Everything but the seeds: shared by GET (query string) and POST (JSON body)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    psi: float = Field(1.0, ge=PSI_MIN, le=PSI_MAX, allow_inf_nan=False, description="truncation psi (1 = none)")
-    truncation_cutoff: int | None = Field(None, ge=0, le=64, description="truncate only ws layers below this index")
-    mix_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed whose styles replace mix_layers")
-    mix_layers: str | None = Field(
-        None, min_length=1, max_length=256, description="coarse, middle, fine, all, a range 'a-b' or a list '0,1,4-5'"
-    )
-    noise: Literal["const", "random", "none"] = Field(
-        "const", description="const: the saved noise maps; random: seeded by the image's seed; none: no noise"
-    )
-    class_idx: int | None = Field(
-        None, alias="class", ge=0, description="class label in [0, c_dim) of a class-conditional model (required "
-        "for those; see c_dim in /models), not allowed for others"
-    )
-    rotate: float | None = Field(
-        None, ge=-ROTATE_MAX, le=ROTATE_MAX, allow_inf_nan=False,
-        description="StyleGAN3 only: rotate the image by this many degrees (counter-clockwise)"
-    )
-    translate: str | None = Field(
-        None, min_length=1, max_length=64,
-        description="StyleGAN3 only: shift the image by 'x,y' image sizes, e.g. '0.25,0'"
-    )
-    model: str | None = Field(None, pattern=MODEL_NAME_PATTERN, description="served model name (default: the first)")
-    format: ImageFormat = "png"
+def _field(p: Param, json: bool = False) -> tuple[Any, Any]:
+    """The pydantic annotation and default of parameter `p`: its type, bounds, HTTP name and description from the
+    table; in a JSON body (`json`) also the list form of `p.json_list`. Optional unless it is `required`."""
+    if p.choices is not None:
+        annotation: Any = Literal[p.choices]
+    elif p.type is str:
+        min_length = None if p.pattern else 1  # a pattern says what it may be, empty or not
+        annotation = Annotated[str, Field(min_length=min_length, max_length=p.max_length, pattern=p.pattern)]
+    elif p.type is float:
+        annotation = Annotated[float, Field(ge=p.ge, le=p.le, allow_inf_nan=False)]
+    else:
+        annotation = Annotated[int, Field(ge=p.ge, le=p.le)]
+    if json and p.json_list is not None:
+        item, shortest, longest = p.json_list
+        annotation = annotation | Annotated[list[StrictInt if item is int else item],
+                                            Field(min_length=shortest, max_length=longest)]
+    description = (p.json_description if json else None) or p.description
+    if p.required:
+        return annotation, Field(alias=p.http, description=description)
+    if p.default is None:
+        annotation = annotation | None
+    return annotation, Field(p.default, alias=p.http, description=description)
 
 
-class GenerateQuery(CommonParams):
-    """GET /generate: one image."""
+GenerateQuery: type[BaseModel] = create_model(
+    "GenerateQuery", __config__=ConfigDict(extra="forbid"), __doc__="GET /generate: one image.",
+    seed=_field(SEED), **{p.name: _field(p) for p in PARAMS},
+)
+GenerateBody: type[BaseModel] = create_model(
+    "GenerateBody", __config__=ConfigDict(extra="forbid"),
+    __doc__="POST /generate: many images, streamed back as they are produced.",
+    seeds=(Annotated[list[Seed], Field(min_length=1)] | Annotated[str, Field(min_length=1, max_length=SEEDS.max_length)]
+           | Seed, Field(description=SEEDS.description)),
+    **{p.name: _field(p, json=True) for p in PARAMS},
+)
 
-    seed: int = Field(ge=0, le=MAX_SEED, description="integer in [0, 2**32 - 1]")
+
+def parse_query(query: Mapping[str, str]) -> BaseModel:
+    """GET /generate's query string as a GenerateQuery, the one parser of both its entries (routes.FastGet and the
+    FastAPI route); a parameter given twice counts with its last value, as FastAPI reads it. RequestValidationError,
+    located in "query" as FastAPI's own, when it does not validate."""
+    try:
+        return GenerateQuery.model_validate(dict(query))
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("query", *err["loc"])} for err in e.errors()]) from None
 
 
-class GenerateBody(CommonParams):
-    """POST /generate: many images, streamed back as they are produced."""
-
-    seeds: Annotated[list[Seed], Field(min_length=1)] | Annotated[str, Field(min_length=1, max_length=1000)] | Seed = (
-        Field(description="a list of seeds, one seed, or a string like '0-99' or '1,2,5-10'")
-    )
-    mix_layers: str | Annotated[list[StrictInt], Field(min_length=1, max_length=64)] | None = Field(
-        None, description="coarse, middle, fine, all, 'a-b', '0,1,4-5' or a list of ws indices"
-    )
-    translate: Annotated[list[float], Field(min_length=2, max_length=2)] | Annotated[
-        str, Field(min_length=1, max_length=64)] | None = Field(
-        None, description="StyleGAN3 only: shift the image by [x, y] (or 'x,y') image sizes"
-    )
+def openapi_parameters(model: type[BaseModel]) -> list[dict]:
+    """The query parameters of `model` in an OpenAPI operation, as FastAPI lists those of a Query() model (GET
+    /generate parses its query itself, with parse_query, and documents it with these)."""
+    schema = model.model_json_schema(by_alias=True)
+    required = set(schema.get("required", ()))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": prop,
+         **({"description": prop["description"]} if "description" in prop else {})}
+        for name, prop in schema["properties"].items()
+    ]
 
 
 @dataclass(frozen=True)
@@ -89,13 +106,6 @@ class Job:
     model: str
     specs: list[SampleSpec]
     format: str
-
-
-def _check(field: str, fn, *args):
-    try:
-        return fn(*args)
-    except SpecError as e:
-        raise ApiError(422, str(e), e.field or field) from None
 
 
 def resolve_model(name: str | None, models: Mapping[str, ModelConfig], default: str) -> tuple[str, ModelConfig]:
@@ -116,27 +126,13 @@ def parse_request_seeds(seeds: int | str | Sequence[int], max_seeds: int) -> lis
         raise ApiError(status, str(e), "seeds") from None
 
 
-def make_job(
-    params: CommonParams, seeds: Sequence[int], models: Mapping[str, ModelConfig], default_model: str
-) -> Job:
-    """Check `params` against the requested model and build one SampleSpec per seed."""
+def make_job(params: BaseModel, seeds: Sequence[int], models: Mapping[str, ModelConfig], default_model: str) -> Job:
+    """Check `params` (a GenerateQuery or GenerateBody) against the requested model with make_spec, once for all
+    seeds, and build one SampleSpec per seed. A SpecError becomes an ApiError naming its field: 400 when the model
+    cannot honour the parameter at all (style mixing on ProGAN), else 422."""
     name, config = resolve_model(params.model, models, default_model)
-    mixing = params.mix_seed is not None or params.mix_layers is not None
-    if mixing and not config.supports_mixing:
-        field = "mix_seed" if params.mix_seed is not None else "mix_layers"
-        message = f"style mixing needs a StyleGAN model; {name!r} is {config.arch} (it has no w space)"
-        raise ApiError(400, message, field)
-    if params.mix_layers is not None:
-        _check("mix_layers", parse_layers, params.mix_layers, config)
-        if params.mix_seed is None:
-            raise ApiError(422, "mix_layers was given without mix_seed", "mix_seed")
-    if params.truncation_cutoff is not None and params.truncation_cutoff > config.num_ws:
-        raise ApiError(
-            422, f"truncation_cutoff must be in [0, {config.num_ws}] for {name!r}, got {params.truncation_cutoff}",
-            "truncation_cutoff",
-        )
-    first = _check(
-        "seed", make_spec, config, seeds[0], params.psi, params.mix_seed, params.mix_layers, params.noise,
-        params.truncation_cutoff, params.class_idx, params.rotate, params.translate,
-    )
+    try:
+        first = make_spec(config, seeds[0], **{p.name: getattr(params, p.name) for p in SPEC_PARAMS})
+    except SpecError as e:
+        raise ApiError(400 if isinstance(e, UnsupportedError) else 422, str(e), e.field) from None
     return Job(name, [first] + [dataclasses.replace(first, seed=s) for s in seeds[1:]], params.format)

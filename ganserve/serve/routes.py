@@ -8,9 +8,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from litserve.utils import WorkerSetupStatus
@@ -18,13 +17,21 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ganserve import multipart
 from ganserve.models.config import ModelConfig
-from ganserve.serve import multipart
 from ganserve.serve.batching import ImageResult
 from ganserve.serve.dispatch import Dispatcher
 from ganserve.serve.encoding import Encoder, media_type
 from ganserve.serve.metrics import Metrics, RequestMetricsMiddleware
-from ganserve.serve.params import ApiError, GenerateBody, GenerateQuery, make_job, parse_request_seeds
+from ganserve.serve.params import (
+    ApiError,
+    GenerateBody,
+    GenerateQuery,
+    make_job,
+    openapi_parameters,
+    parse_query,
+    parse_request_seeds,
+)
 
 OPEN_PATHS = ("/", "/health")  # reachable without the API key (the gallery page is static; it asks for the key)
 GALLERY = Path(__file__).resolve().parent.parent / "gallery" / "index.html"
@@ -65,8 +72,9 @@ class Service:
         self.metrics.images.labels(model, fmt).inc()
         return result, data
 
-    async def one_image(self, params: GenerateQuery) -> Response:
-        """GET /generate's answer to validated query parameters (ApiError before the image is queued)."""
+    async def one_image(self, params: BaseModel) -> Response:
+        """GET /generate's answer to validated query parameters, a GenerateQuery (ApiError before the image is
+        queued)."""
         job = make_job(params, [params.seed], self.configs, self.default_model)
         self.dispatcher.admit()
         result, data = await self.image(await self.dispatcher.generate(job.model, job.specs[0]), job.model, job.format)
@@ -160,9 +168,9 @@ class BodyLimitMiddleware:
 
 class FastGet:
     """GET /generate without FastAPI's exception middleware, routing and parameter solving, which took about a third
-    of the HTTP process's CPU per image (benchmarks/README.md). The same validation
-    (GenerateQuery), the same Service.one_image and the same error handler; query parameters that do not validate
-    (or one given twice) are left to FastAPI, so that its validation errors read exactly as before."""
+    of the HTTP process's CPU per image (benchmarks/README.md). The same parser as the FastAPI route (parse_query),
+    the same Service.one_image and the same error handler; a query that does not validate goes on to the FastAPI
+    route, which answers it with the usual validation error."""
 
     def __init__(self, app, svc: Service):
         self.app, self.svc = app, svc
@@ -170,15 +178,12 @@ class FastGet:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != "/generate":
             return await self.app(scope, receive, send)
-        query = QueryParams(scope["query_string"])
         try:
-            if len(query.multi_items()) != len(query):
-                raise ValueError("a repeated parameter")
-            answer = self.svc.one_image(GenerateQuery.model_validate(dict(query)))
-        except Exception:
+            params = parse_query(QueryParams(scope["query_string"]))
+        except RequestValidationError:
             return await self.app(scope, receive, send)
         try:
-            response = await answer
+            response = await self.svc.one_image(params)
         except StarletteHTTPException as e:  # an unknown model, a full queue, a failed worker: as FastAPI answers
             response = await _http_error(None, e)
         await response(scope, receive, send)
@@ -202,10 +207,11 @@ def install(app: FastAPI, svc: Service, api_key: str | None, max_body: int) -> N
 
     images = {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "the image"}
 
-    @app.get("/generate", response_class=Response, responses={200: images, **ERRORS}, tags=["images"])
-    async def generate_one(params: Annotated[GenerateQuery, Query()]) -> Response:
+    @app.get("/generate", response_class=Response, responses={200: images, **ERRORS}, tags=["images"],
+             openapi_extra={"parameters": openapi_parameters(GenerateQuery)})
+    async def generate_one(request: Request) -> Response:
         """One image. Headers: X-Seed, X-Model, X-Batch-Size (the device batch this request rode in)."""
-        return await svc.one_image(params)
+        return await svc.one_image(parse_query(request.query_params))
 
     @app.post("/generate", response_class=StreamingResponse, tags=["images"],
               responses={200: {"content": {"multipart/mixed": {}}, "description": "one part per image"}, **ERRORS})

@@ -15,7 +15,8 @@ from PIL import Image
 
 from ganserve.imaging import make_grid, to_pil, to_uint8
 from ganserve.models.generator import ProgressiveGenerator
-from ganserve.models.latents import parse_seeds, seeds_to_z
+from ganserve.models.latents import seeds_to_z
+from ganserve.schema import parse_seeds
 from ganserve.train.run import ResolvedRun
 
 SAMPLES_DIR = "samples"

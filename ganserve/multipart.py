@@ -1,6 +1,7 @@
 """The wire format of POST /generate: a multipart/mixed stream, one part per image, each with its own headers.
 
-Owns both sides: `part`/`closing` write it (server), MultipartParser reads it incrementally (client). Pure Python.
+Owns both sides: `part`/`closing` write it (server), MultipartParser reads it incrementally (client). Pure Python,
+outside ganserve.serve so that the client imports nothing of the server.
 """
 
 from __future__ import annotations
