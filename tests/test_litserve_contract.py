@@ -18,7 +18,7 @@ import litserve as ls
 import pytest
 from fastapi import HTTPException
 from litserve.callbacks import CallbackRunner
-from litserve.loops.simple_loops import BatchedLoop
+from litserve.loops import BatchedLoop
 from litserve.server import _LitAPIConnector, response_queue_to_buffer
 from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
@@ -108,7 +108,10 @@ def test_the_glue_init_manager_swaps_in_pipe_queues_and_the_batch_transport():
         manager.shutdown()
 
 
-def test_get_request_queue_returns_the_api_paths_queue():
+def test_the_workers_get_the_api_paths_queue_from_litapi_request_queues():
+    """launch_inference_worker hands each worker _get_request_queue(api_path), which reads litapi_request_queues:
+    the dict the glue fills with its own queues and submit reads from."""
+    assert "self._get_request_queue(lit_api.api_path)" in inspect.getsource(ls.LitServer.launch_inference_worker)
     assert params(ls.LitServer._get_request_queue) == ["self", "api_path"]
     server = glue.InferenceServer(Doubler(), settings())._lit
     server.litapi_request_queues["/generate"] = marker = object()

@@ -12,7 +12,7 @@ an `InferenceServer`:
     server.run(host, port, log_level, on_ready=..., on_serving=...)  # blocks until SIGTERM/Ctrl-C, then drains
 
 Processes. The main process runs `run`: it spawns the inference workers (each gets a pickled copy of the worker and
-of the queues), waits until every one has loaded, calls `on_ready`, then forks one HTTP process (uvicorn on
+of the queues), waits until every one has loaded and calls `on_ready`; then it forks one HTTP process (uvicorn on
 `app`), which inherits everything the main process holds, routes and queues included, and calls `on_serving`. Then
 it supervises: a worker that dies stops the server.
 
@@ -39,10 +39,20 @@ A request's path across the process hop:
 Shutdown (SIGTERM or Ctrl-C in the main process): the HTTP process stops accepting and gets `drain_seconds` to
 finish the requests in flight, while the workers still run; then the workers are stopped, then the Manager process.
 
-LitServe's public extension points do most of this: a LitAPI subclass (setup, decode_request, predict,
-encode_response), LitAPI's `loop`, `max_batch_size`, `batch_timeout` and `api_path`, and LitServer's constructor
-options. The rest needs private names, each marked `# private:` below with the reason; tests/test_litserve_contract.py
-pins every LitServe behaviour this module relies on.
+LitServe's public extension points do much of this: a LitAPI subclass (setup, decode_request, predict,
+encode_response), LitAPI's `loop`, `max_batch_size`, `batch_timeout` and `api_path`, LitServer's constructor
+options, and `BatchedLoop.get_batch_requests`, the hook LitServe's own loops are built on. The rest needs names
+LitServe does not document (those with a leading underscore are marked `# private:` below, with the reason):
+
+- overridden: `LitServer._init_manager` (the queues and the transport), `_start_server` (after the fork),
+  `_perform_graceful_shutdown` (drain first, once), and the public `verify_worker_status` (wait for all);
+- set or read: `LitServer._transport`, `_shutdown_event`, `litapi_request_queues`, `response_buffer`,
+  `workers_setup_status`, `inference_workers`, `transport_config`, `uvicorn_graceful_timeout`, `app.response_queue_id`;
+  `MPQueueTransport._queues`; `multiprocessing.Queue._reader`; FastAPI's `app.router.routes` and Starlette's
+  `app.user_middleware` (edited in place);
+- the message formats: queue items, results and `ResponseBufferItem`, as described above.
+
+tests/test_litserve_contract.py pins each of these, one test per assumption.
 """
 
 from __future__ import annotations
@@ -63,7 +73,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import litserve as ls
-from litserve.loops.simple_loops import BatchedLoop
+from litserve.loops import BatchedLoop
 from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
@@ -408,8 +418,9 @@ class InferenceServer:
         return data
 
     def _queue(self):
-        # private: LitServer has no public accessor for an API's request queue; _get_request_queue is what it uses.
-        queue = self._lit._get_request_queue(self._api_path)
+        # LitServer has no accessor for an API's request queue but this dict, which _init_manager filled (with ours)
+        # and from which it gave each worker its queue.
+        queue = self._lit.litapi_request_queues[self._api_path]
         if self._queue_pid != os.getpid():  # once per process: exiting must not wait on a queue that nobody reads
             getattr(queue, "cancel_join_thread", lambda: None)()
             self._queue_pid = os.getpid()
