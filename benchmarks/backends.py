@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     device = resolve_device(args.device)
     if device.type == "cpu":
-        keep_freed_memory()  # as an inference worker does (GeneratorAPI.setup)
+        keep_freed_memory()  # as an inference worker does (GeneratorWorker.setup)
         torch.set_num_threads(args.cpu_threads)
     info = machine()
     say = lambda line: print(line, flush=True)  # noqa: E731

@@ -33,7 +33,7 @@ OPTIONS_VARIABLE = "GANSERVE_NAIVE_SERVER_OPTIONS"
 
 def build_app(model: str, backend: str = "auto", device: str = "auto", cpu_threads: int | None = None,
               threads: int = 40) -> FastAPI:
-    """The app, with the backend loaded the way a ganserve inference worker loads it (GeneratorAPI.setup)."""
+    """The app, with the backend loaded the way a ganserve inference worker loads it (GeneratorWorker.setup)."""
     from ganserve.devices import resolve_device, setup_cpu_inference
 
     dev = resolve_device(device)

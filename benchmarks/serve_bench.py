@@ -62,7 +62,7 @@ def best_batch_size(rates: dict[int, float], limit: int | None = None) -> int:
     The server takes it as its maximum. serve_bench limits it to headline concurrency / (2 x workers): at that load
     each worker then finds a full batch queued when it finishes one, instead of waiting for its own answers to come
     back as new requests (with every request on a worker at once). Under lighter load the batches stay smaller anyway,
-    each worker taking only its fair share of the images in the server (ganserve.serve.api.FairShare)."""
+    each worker taking only its fair share of the images in the server (ganserve.serve.litserve_glue.FairShare)."""
     allowed = {size: rate for size, rate in rates.items() if limit is None or size <= limit} or rates
     return max(allowed, key=lambda size: (allowed[size], -size))
 
@@ -129,7 +129,7 @@ def _ceiling_worker(model, backend, device, cpu_threads, encode_threads, sizes, 
 
         dev = resolve_device(device)
         if dev.type == "cpu":
-            setup_cpu_inference(cpu_threads)  # as GeneratorAPI.setup does
+            setup_cpu_inference(cpu_threads)  # as GeneratorWorker.setup does
         generator = load_backend(model, backend, str(dev))
     except Exception as e:  # noqa: BLE001 - reported in one line by the parent
         barrier.abort()

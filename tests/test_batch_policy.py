@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from ganserve.serve.api import FairShare
+from ganserve.serve.litserve_glue import FairShare
 from ganserve.serve.process import ServerProcess
 
 

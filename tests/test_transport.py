@@ -8,7 +8,7 @@ import queue
 
 import pytest
 
-from ganserve.serve.transport import BatchQueueTransport
+from ganserve.serve.litserve_glue import BatchQueueTransport
 
 
 def _worker_side(worker: BatchQueueTransport) -> None:

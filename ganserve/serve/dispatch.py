@@ -1,24 +1,21 @@
-"""Hands validated image jobs to LitServe's request queue and awaits their pixels, one queue item per image.
+"""Hands validated image jobs to the inference server and awaits their pixels, one queued item per image.
 
-Owns admission (a bounded queue: 503 + Retry-After when full) and the only code touching LitServe's queue plumbing.
+Owns admission (a bounded queue: 503 + Retry-After when full), the per-image metrics and what a worker's error
+becomes over HTTP; the queue itself is litserve_glue's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import itertools
 import math
-import os
-import pickle
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import HTTPException
-from litserve.utils import LitAPIStatus, ResponseBufferItem
 
 from ganserve.serve.batching import ImageResult
+from ganserve.serve.litserve_glue import InferenceServer, WorkerError
 from ganserve.serve.metrics import Metrics
 from ganserve.serve.params import ApiError
 
@@ -28,28 +25,20 @@ class GenerationError(HTTPException):
 
 
 class Dispatcher:
-    """Images go into LitServe's queue one by one, so that its dynamic batching mixes requests freely.
+    """Images go to the inference server one by one, so that its dynamic batching mixes requests freely.
 
     `depth` counts images queued or on the device; a new request is refused (503) while depth >= max_queue.
     """
 
-    def __init__(self, server, api_path: str, max_queue: int, metrics: Metrics, depth=None):
-        self.server = server  # the LitServer; its queues and response buffer are valid inside its API process
-        self.api_path = api_path
+    def __init__(self, server: InferenceServer, max_queue: int, metrics: Metrics):
+        self.server = server  # submit works inside its HTTP process
         self.max_queue = max_queue
         self.metrics = metrics
-        self._depth = depth if depth is not None else ctypes.c_int64(0)  # shared memory, read by the workers
         self._done = deque(maxlen=512)  # completion times of recent images: the rate Retry-After is estimated from
-        self._queue_pid = -1
-        self._ids = itertools.count()  # request ids: unique within the API process, whose results queue is its own
 
     @property
     def depth(self) -> int:
-        return self._depth.value
-
-    @depth.setter
-    def depth(self, value: int) -> None:
-        self._depth.value = value
+        return self.server.in_flight
 
     def admit(self) -> None:
         if self.depth >= self.max_queue:
@@ -68,31 +57,14 @@ class Dispatcher:
 
     async def generate(self, model: str, spec) -> ImageResult:
         """One image: queue it, wait for its batch, return its pixels."""
-        uid, item = next(self._ids), ResponseBufferItem(event=asyncio.Event())
-        buffer = self.server.response_buffer
-        buffer[uid] = item  # registered before it is queued, so the answer cannot arrive unseen
-        self.depth += 1
         submitted = time.monotonic()
         try:
-            queue = self._queue()
-            queue.put((self.server.app.response_queue_id, uid, submitted, (model, spec)))
-            await item.event.wait()
-            data, status = item.response
-        finally:
-            buffer.pop(uid, None)
-            self.depth -= 1
-        if status != LitAPIStatus.OK:
-            raise _worker_error(data)
+            data = await self.server.submit((model, spec))
+        except WorkerError as e:
+            raise _worker_error(e.error) from None
         self._done.append(time.monotonic())
         self._observe(model, data, submitted)
         return data
-
-    def _queue(self):
-        queue = self.server._get_request_queue(self.api_path)
-        if self._queue_pid != os.getpid():  # once per process: exiting must not wait on a queue that nobody reads
-            getattr(queue, "cancel_join_thread", lambda: None)()
-            self._queue_pid = os.getpid()
-        return queue
 
     def _observe(self, model: str, result: ImageResult, submitted: float) -> None:
         self.metrics.queue_time.observe(max(0.0, result.started - submitted))
@@ -128,11 +100,6 @@ class Dispatcher:
 
 
 def _worker_error(data) -> HTTPException:
-    if isinstance(data, bytes):
-        try:
-            data = pickle.loads(data)
-        except Exception:
-            pass
     if isinstance(data, HTTPException):
         if data.status_code == 504:
             return GenerationError(504, "the image waited too long in the queue; retry, or send fewer at once")

@@ -1,4 +1,4 @@
-"""The HTTP API of DESIGN.md on LitServe's FastAPI app: GET/POST /generate, /models, /health, /metrics.
+"""The HTTP API of DESIGN.md on the inference server's FastAPI app: GET/POST /generate, /models, /health, /metrics.
 
 Owns status codes, headers, JSON errors, the API-key check and the body-size limit; the work is done elsewhere.
 """
@@ -12,7 +12,6 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from litserve.utils import WorkerSetupStatus
 from pydantic import BaseModel, Field
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -64,7 +63,8 @@ class Service:
     metrics: Metrics
     max_seeds: int
     window: int  # images of one POST in flight at once
-    server: object  # the LitServer, for worker readiness
+    server: object  # the inference server (litserve_glue.InferenceServer), for worker readiness
+    backend_names: dict[str, str]  # model -> backend the workers chose (filled in once they are ready)
 
     async def image(self, result: ImageResult, model: str, fmt: str) -> tuple[ImageResult, bytes]:
         data, seconds = await self.encoder.encode(result.pixels, fmt)
@@ -82,8 +82,7 @@ class Service:
         return Response(data, media_type=media_type(job.format), headers=headers)
 
     def workers(self) -> tuple[int, int]:
-        status = dict(self.server.workers_setup_status)
-        return sum(v == WorkerSetupStatus.READY for v in status.values()), len(status)
+        return self.server.workers_ready()
 
 
 UNION_HINTS = {
@@ -191,9 +190,7 @@ class FastGet:
 
 # -- routes ----------------------------------------------------------------------------------------------------
 def install(app: FastAPI, svc: Service, api_key: str | None, max_body: int) -> None:
-    """Replace LitServe's POST-only /generate and text /health with the routes below."""
-    replaced = ("/", "/generate", "/health")
-    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in replaced]
+    """Add the routes below (the inference server's app comes without routes of its own for them)."""
     app.exception_handlers.clear()
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -258,7 +255,7 @@ def install(app: FastAPI, svc: Service, api_key: str | None, max_body: int) -> N
             "models": [
                 {"name": name, "arch": c.arch, "resolution": c.resolution, "num_ws": c.num_ws,
                  "img_channels": c.img_channels, "supports_mixing": c.supports_mixing, "c_dim": c.c_dim,
-                 "backend": svc.server.backend_names.get(name, svc.backend)}
+                 "backend": svc.backend_names.get(name, svc.backend)}
                 for name, c in svc.configs.items()
             ],
         }
