@@ -36,6 +36,11 @@ SG3_LAYER_KEYS = ("name", "in_channels", "out_channels", "in_size", "out_size", 
 SG3_INPUT_KEYS = ("channels", "size", "sampling_rate", "bandwidth")
 
 
+def stage_resolution(stage: int) -> int:
+    """The image size at a progressive stage: 4x4 at stage 0, doubling with each stage."""
+    return 4 * 2**stage
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild the networks. The defaults are the papers' 1024x1024 configuration."""
@@ -119,7 +124,7 @@ class ModelConfig:
         if not self.channels_per_resolution and self.channel_base // self.resolution < 1:
             raise ConfigError(f"channel_base {self.channel_base} gives no channels at resolution {self.resolution}")
         if self.channels_per_resolution:
-            needed = {str(4 * 2**s) for s in range(self.num_stages)}
+            needed = {str(stage_resolution(s)) for s in range(self.num_stages)}
             given = self.channels_per_resolution
             if set(given) != needed or not all(isinstance(c, int) and c >= 1 for c in given.values()):
                 raise ConfigError(f"channels_per_resolution must give a positive channel count for each of "
@@ -196,7 +201,7 @@ class ModelConfig:
         return self.arch != "progan"
 
     def stage_resolution(self, stage: int) -> int:
-        return 4 * 2**stage
+        return stage_resolution(stage)
 
     def channels(self, resolution: int) -> int:
         if self.arch == "stylegan2":

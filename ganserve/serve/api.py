@@ -7,9 +7,9 @@ and feeds it; validation, batching policy and encoding live in their own modules
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ganserve.files import atomic_write_text
 from ganserve.serve.batching import ImageJob, ImageResult, run_jobs
 
 
@@ -35,15 +35,10 @@ class GeneratorWorker:
             self.backends = {name: load_backend(d, self.backend_name, device, precision=self.precision)
                              for name, d in self.model_dirs.items()}
         except Exception as e:
-            _write(Path(self.state_dir) / "error.txt", f"{type(e).__name__}: {e}".splitlines()[0])
+            atomic_write_text(Path(self.state_dir) / "error.txt", f"{type(e).__name__}: {e}".splitlines()[0])
             raise
-        _write(Path(self.state_dir) / "backends.json", json.dumps({n: b.name for n, b in self.backends.items()}))
+        names = {n: b.name for n, b in self.backends.items()}
+        atomic_write_text(Path(self.state_dir) / "backends.json", json.dumps(names))
 
     def predict(self, jobs: list[ImageJob]) -> list[ImageResult]:
         return run_jobs(self.backends, jobs)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,3 +1,4 @@
+
 """Training checkpoints: G, D, G_ema, both optimizers, position in the schedule and every RNG state.
 
 Owns the file format (plain tensors and Python types, loadable with torch.load(weights_only=True)), the run's
@@ -7,16 +8,17 @@ resume from.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ganserve.errors import RunError
+from ganserve.files import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FORMAT = "ganserve-train-checkpoint"
@@ -103,14 +105,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], keep: int | None = 
     """Write `state` atomically; with `keep`, delete all but the newest `keep` checkpoints beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     if keep is not None:
         for old in list_checkpoints(path.parent.parent)[:-keep]:
             old.unlink(missing_ok=True)
@@ -122,4 +117,4 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable training checkpoint ({e})") from None
+        raise RunError(f"{path}: not a readable training checkpoint ({e})") from None

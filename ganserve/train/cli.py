@@ -12,7 +12,8 @@ import warnings
 from pathlib import Path
 
 from ganserve.cli import MODEL_DEFAULT_HELP
-from ganserve.models.config import TRAINABLE_ARCHS
+from ganserve.errors import UsageError
+from ganserve.models.config import TRAINABLE_ARCHS, stage_resolution
 from ganserve.train.config import LOSSES, RESUME_OVERRIDABLE, TrainConfig, parse_batch_sizes
 
 # field -> (flag help, type); booleans get --flag/--no-flag.
@@ -84,17 +85,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         try:
             base = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{args.config}: cannot read the training config ({e})") from None
+            raise UsageError(f"{args.config}: cannot read the training config ({e})") from None
         given = {**base, **given}
     if args.resume:
         if args.config:
-            raise ValueError("--resume continues a run with its saved config; --config cannot replace it")
+            raise UsageError("--resume continues a run with its saved config; --config cannot replace it")
         model_dir = train(TrainConfig(), resume=args.resume, resume_overrides=given)
     else:
         if not given.get("data"):
-            raise ValueError("--data is required (a folder or zip of images), or --resume RUN_DIR")
+            raise UsageError("--data is required (a folder or zip of images), or --resume RUN_DIR")
         if not Path(given["data"]).exists():
-            raise ValueError(f"{given['data']}: no such file or directory")
+            raise UsageError(f"{given['data']}: no such file or directory")
         model_dir = train(TrainConfig.from_dict(given))
     if model_dir is not None:
         print(f"model written to {model_dir}")
@@ -117,15 +118,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     _one_line_warnings()
     if args.num < 1:
-        raise ValueError(f"--num must be positive, got {args.num}")
+        raise UsageError(f"--num must be positive, got {args.num}")
     device = resolve_device(args.device)
     if not Path(args.data).exists():
-        raise ValueError(f"{args.data}: no such file or directory")
+        raise UsageError(f"{args.data}: no such file or directory")
     target = Path(args.model) if args.model else default_model()
     if target.suffix == ".pt" or (target / CHECKPOINT_DIR).is_dir():  # a training checkpoint, or a whole run's
         checkpoints = [target] if target.suffix == ".pt" else list_checkpoints(target)
         if not checkpoints or not checkpoints[0].is_file():
-            raise ValueError(f"{target}: no training checkpoint there")
+            raise UsageError(f"{target}: no training checkpoint there")
         reference, rows = None, []
         for path in checkpoints:
             G, position = checkpoint_generator(path, device)
@@ -135,7 +136,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
                 reference = RealReference(reals, args.num, args.seed)
             result = reference.score(G, args.batch_size, device, stage=position["stage"], alpha=position["alpha"],
                                      class_idx=args.class_idx)
-            rows.append({"checkpoint": path.name, **position, "resolution": 4 * 2 ** position["stage"], **result})
+            resolution = stage_resolution(position["stage"])
+            rows.append({"checkpoint": path.name, **position, "resolution": resolution, **result})
             if not args.json:
                 print(format_checkpoint_row(position, result, cfg.resolution), flush=True)
         if args.json:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ganserve.models.config import TRAINABLE_ARCHS, ModelConfig
+from ganserve.errors import ConfigError
+from ganserve.models.config import TRAINABLE_ARCHS, ModelConfig, stage_resolution
 
 LOSSES = ("wgan_gp", "logistic")
 DEFAULT_LOSS = {"progan": "wgan_gp", "stylegan": "logistic"}
@@ -96,32 +97,32 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.arch not in TRAINABLE_ARCHS:
-            raise ValueError(f"arch must be one of {', '.join(TRAINABLE_ARCHS)} for training, got {self.arch!r}")
+            raise ConfigError(f"arch must be one of {', '.join(TRAINABLE_ARCHS)} for training, got {self.arch!r}")
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for name in ("fade_kimg", "stab_kimg", "kimg_scale", "lr", "ema_kimg", "checkpoint_kimg"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.final_kimg is not None and not self.final_kimg > 0:
-            raise ValueError(f"final_kimg must be positive, got {self.final_kimg!r}")
+            raise ConfigError(f"final_kimg must be positive, got {self.final_kimg!r}")
         for name in ("gp_lambda", "drift", "r1_gamma"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
         if not 0.0 <= self.style_mixing_prob <= 1.0:
-            raise ValueError(f"style_mixing_prob must be in [0, 1], got {self.style_mixing_prob!r}")
+            raise ConfigError(f"style_mixing_prob must be in [0, 1], got {self.style_mixing_prob!r}")
         if not 0.0 <= self.w_avg_beta < 1.0:
-            raise ValueError(f"w_avg_beta must be in [0, 1), got {self.w_avg_beta!r}")
+            raise ConfigError(f"w_avg_beta must be in [0, 1), got {self.w_avg_beta!r}")
         if self.workers < 0 or self.keep_checkpoints < 1 or self.metric_num < 0:
-            raise ValueError("workers and metric_num must be >= 0, keep_checkpoints >= 1")
+            raise ConfigError("workers and metric_num must be >= 0, keep_checkpoints >= 1")
         bad = {r: b for r, b in self.batch_sizes.items() if b < 1 or r < 4 or r & (r - 1)}
         if bad:
-            raise ValueError(f"batch sizes must map powers of two >= 4 to positive sizes, got {bad}")
+            raise ConfigError(f"batch sizes must map powers of two >= 4 to positive sizes, got {bad}")
 
     # -- derived ----------------------------------------------------------------------------------------------
     def model_config(self, resolution: int | None = None) -> ModelConfig:
         resolution = resolution or self.resolution
         if resolution is None:
-            raise ValueError("resolution is not known yet (it is taken from the data set)")
+            raise ConfigError("resolution is not known yet (it is taken from the data set)")
         extra = {f: getattr(self, f) for f in MODEL_FIELDS if getattr(self, f) is not None}
         return ModelConfig(arch=self.arch, resolution=resolution, **extra)
 
@@ -140,7 +141,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
+            raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
@@ -155,12 +156,12 @@ def parse_batch_sizes(spec: str) -> dict[int, int]:
     """'4:64,8:64,16:32' -> {4: 64, 8: 64, 16: 32}; a bare '32' means 32 at every resolution."""
     spec = spec.strip()
     if spec.isdigit():
-        return {4 * 2**s: int(spec) for s in range(9)}
+        return {stage_resolution(s): int(spec) for s in range(9)}
     try:
         pairs = [part.split(":") for part in spec.split(",") if part.strip()]
         return {int(r): int(b) for r, b in pairs}
     except ValueError:
-        raise ValueError(f"bad batch sizes {spec!r}: use one number or 'res:batch' pairs like 4:64,8:32") from None
+        raise ConfigError(f"bad batch sizes {spec!r}: use one number or 'res:batch' pairs like 4:64,8:32") from None
 
 
 class Phase(NamedTuple):
@@ -190,7 +191,7 @@ class Schedule:
             self.start.append(t)
             t += self.fade[s] + self.stab[s]
         self.total_nimg = t
-        self.batches = [cfg.batch_size(4 * 2**s) for s in range(num_stages)]
+        self.batches = [cfg.batch_size(stage_resolution(s)) for s in range(num_stages)]
 
     def stage_alpha(self, nimg: int) -> tuple[int, float]:
         stage = max(s for s in range(self.num_stages) if self.start[s] <= nimg) if nimg >= 0 else 0

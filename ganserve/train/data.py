@@ -21,14 +21,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageColor
 
 from ganserve.devices import cpu_cores
+from ganserve.errors import DataError, RunError
 from ganserve.train.config import Phase, Schedule, TrainConfig
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MIN_IMAGES = 8
-
-
-class DataError(ValueError):
-    """A data set that cannot be used; the message names the path and the problem."""
 
 
 # -- listing and decoding ------------------------------------------------------------------------------------------
@@ -182,7 +179,7 @@ class BatchSource(torch.utils.data.Dataset):
     def indices(self, nimg: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """Image indices and x-flip flags of this rank's share of the global batch starting at sample `nimg`."""
         if batch % self.world_size:
-            raise ValueError(f"batch size {batch} does not divide among {self.world_size} processes")
+            raise RunError(f"batch size {batch} does not divide among {self.world_size} processes")
         per_rank = batch // self.world_size
         pos = np.arange(nimg + self.rank * per_rank, nimg + (self.rank + 1) * per_rank)
         epochs = pos // self.n

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ganserve.errors import UsageError
 from ganserve.imaging import to_uint8
 from ganserve.inference.sampling import (
     BatchInputs,
@@ -27,7 +28,7 @@ from ganserve.inference.sampling import (
     run_eager,
 )
 from ganserve.models import build_generator
-from ganserve.models.config import ModelConfig
+from ganserve.models.config import ModelConfig, stage_resolution
 from ganserve.models.generator import ProgressiveGenerator
 from ganserve.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from ganserve.train.swd import DescriptorSet, swd
@@ -61,7 +62,7 @@ class RealReference:
     def __init__(self, reals: torch.Tensor, num: int = 10000, seed: int = 0):
         num = min(num, len(reals) // 2)
         if num < 1:
-            raise ValueError(f"SWD needs at least 2 real images, got {len(reals)}")
+            raise UsageError(f"SWD needs at least 2 real images, got {len(reals)}")
         self.num, self.seed, self.resolution = num, seed, reals.shape[-1]
         perm = torch.from_numpy(np.random.Generator(np.random.PCG64(seed)).permutation(len(reals)))
         self.ref, other = DescriptorSet(self.resolution, seed), DescriptorSet(self.resolution, seed)
@@ -76,7 +77,7 @@ class RealReference:
         for a class-conditional model "classes": which were used (see eval_specs and class_summary)."""
         res = G.config.resolution
         if self.resolution != res:
-            raise ValueError(f"real images are {self.resolution}x{self.resolution}, the model makes {res}x{res}")
+            raise UsageError(f"real images are {self.resolution}x{self.resolution}, the model makes {res}x{res}")
         fakes = DescriptorSet(res, self.seed)
         specs = eval_specs(G.config, self.num, self.seed, class_idx)
         for batch in iter_batches(specs, batch_size):
@@ -101,7 +102,7 @@ def evaluate_swd(
     """
     res = G.config.resolution
     if reals.shape[-1] != res:
-        raise ValueError(f"real images are {reals.shape[-1]}x{reals.shape[-1]}, the model makes {res}x{res}")
+        raise UsageError(f"real images are {reals.shape[-1]}x{reals.shape[-1]}, the model makes {res}x{res}")
     return RealReference(reals, num, seed).score(G, batch_size, device, stage, alpha, class_idx)
 
 
@@ -118,7 +119,7 @@ def checkpoint_generator(path: str | Path, device: torch.device | str = "cpu") -
     """A training checkpoint's EMA generator and where in the schedule it was written: {nimg, step, stage, alpha}."""
     ckpt = load_checkpoint(path)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a ganserve training checkpoint")
+        raise UsageError(f"{path}: not a ganserve training checkpoint")
     G = build_generator(ModelConfig.from_dict(json.loads(ckpt["model_config"])))
     G.load_state_dict(ckpt["G_ema"])
     G.eval().requires_grad_(False).to(device)
@@ -148,7 +149,7 @@ def format_classes(classes: dict) -> str:
 
 def format_checkpoint_row(position: dict, result: dict, resolution: int) -> str:
     """One line per checkpoint: kimg, the resolution it had grown to, alpha, SWD average and floor."""
-    res = 4 * 2 ** position["stage"]
+    res = stage_resolution(position["stage"])
     grown = f"{res}x{res}" + (f" (of {resolution})" if res != resolution else "")
     return (f"kimg {position['nimg'] / 1000:8.1f}  {grown:<16} alpha {position['alpha']:.2f}  "
             f"SWD x1e3 {result['fake']['avg']:8.2f}  floor {result['floor']['avg']:6.2f}")

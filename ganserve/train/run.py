@@ -14,15 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ganserve.models.config import ModelConfig
+from ganserve.errors import RunError
+from ganserve.models.config import ModelConfig, stage_resolution
 from ganserve.train.checkpoint import CHECKPOINT_FORMAT, latest_checkpoint, load_checkpoint
 from ganserve.train.config import RESUME_OVERRIDABLE, Schedule, TrainConfig
 from ganserve.train.data import natural_resolution
 from ganserve.train.distributed import DistInfo
-
-
-class RunError(ValueError):
-    """A run directory that cannot be started or resumed as asked; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +92,8 @@ def resumed_config(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 def _check_batches(schedule: Schedule, world_size: int) -> None:
     for s, b in enumerate(schedule.batches):
         if b % world_size:
-            raise RunError(f"batch size {b} at {4 * 2**s}x{4 * 2**s} does not divide among {world_size} processes")
+            r = stage_resolution(s)
+            raise RunError(f"batch size {b} at {r}x{r} does not divide among {world_size} processes")
 
 
 def _warn_of_a_long_ema(cfg: TrainConfig) -> None:

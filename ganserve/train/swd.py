@@ -1,3 +1,4 @@
+
 """The ProGAN paper's sliced Wasserstein distance (SWD) on Laplacian-pyramid patches; needs no downloaded network.
 
 Owns the pyramid, 7x7 patch descriptors (128 per image per level, normalised per channel), the 4 x 128 random
@@ -10,6 +11,8 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
+
+from ganserve.errors import UsageError
 
 NHOOD_SIZE = 7
 NHOODS_PER_IMAGE = 128
@@ -29,7 +32,7 @@ def level_resolutions(resolution: int) -> list[int]:
         r //= 2
     if not levels:
         m = MIN_LEVEL_RESOLUTION
-        raise ValueError(f"SWD needs images of at least {m}x{m}, got {resolution}x{resolution}")
+        raise UsageError(f"SWD needs images of at least {m}x{m}, got {resolution}x{resolution}")
     return levels
 
 
@@ -88,7 +91,7 @@ class DescriptorSet:
     def add(self, images: torch.Tensor) -> None:
         """images: uint8 or float [N, C, R, R] (pixel values; the per-channel normalisation removes the scale)."""
         if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
-            raise ValueError(f"expected {self.resolution}x{self.resolution} images, got {tuple(images.shape)}")
+            raise UsageError(f"expected {self.resolution}x{self.resolution} images, got {tuple(images.shape)}")
         pyramid = laplacian_pyramid(images.float(), len(self.levels))
         u = self._positions(self.count, len(images))
         for i, level in enumerate(pyramid):
@@ -121,7 +124,7 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator: torch.Genera
                        dir_repeats: int = DIR_REPEATS, dirs_per_repeat: int = DIRS_PER_REPEAT) -> float:
     """Mean over random unit directions of the 1-D Wasserstein distance between the projected descriptor sets."""
     if a.shape != b.shape:
-        raise ValueError(f"descriptor sets differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+        raise UsageError(f"descriptor sets differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
     results = []
     for _ in range(dir_repeats):
         dirs = torch.randn(a.shape[1], dirs_per_repeat, generator=generator)
@@ -135,7 +138,7 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator: torch.Genera
 def swd(desc_a: DescriptorSet, desc_b: DescriptorSet, seed: int = 0) -> dict[str, float]:
     """{'<res>': SWD x1e3 per level, ..., 'avg': mean over levels} between two descriptor sets of equal size."""
     if desc_a.count != desc_b.count:
-        raise ValueError(f"SWD compares sets of equal size, got {desc_a.count} and {desc_b.count} images")
+        raise UsageError(f"SWD compares sets of equal size, got {desc_a.count} and {desc_b.count} images")
     generator = torch.Generator().manual_seed(seed)
     result = {}
     for res, a, b in zip(desc_a.levels, desc_a.finalize(), desc_b.finalize()):

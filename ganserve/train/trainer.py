@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ganserve.devices import keep_freed_memory, resolve_device
-from ganserve.models.config import ModelConfig
+from ganserve.models.config import ModelConfig, stage_resolution
 from ganserve.models.weights import save_model
 from ganserve.train import distributed as ddp
 from ganserve.train.checkpoint import Progress, checkpoint_path, save_checkpoint, set_rng_state, training_state
@@ -148,7 +148,7 @@ class Trainer:
 
     def _report(self, bar, phase: Phase, stats: dict[str, float], rate: float) -> None:
         """The progress bar after the step `phase`, and every tenth step's scalars in TensorBoard."""
-        nimg, res = self.progress.nimg, 4 * 2**phase.stage
+        nimg, res = self.progress.nimg, stage_resolution(phase.stage)
         bar.update(phase.batch)
         bar.set_postfix_str(f"{res}x{res} stage {phase.stage} alpha {phase.alpha:.2f} "
                             f"kimg {nimg / 1000:.1f} D {stats['loss_D']:.3f} G {stats['loss_G']:.3f} "
