@@ -15,7 +15,7 @@ import torch
 from ganserve.errors import GanserveError, UsageError
 from ganserve.models.config import ARCHS, ModelConfig
 from ganserve.models.weights import DEFAULT_MODEL
-from ganserve.schema import SEEDS, add_flags, parse_seeds, spec_kwargs
+from ganserve.schema import SEEDS, add_flags, add_precision_flag, parse_seeds, spec_kwargs
 
 # The help of --model where it may be left out (generate, eval, export): the model `ganserve serve` serves by default.
 MODEL_DEFAULT_HELP = f"(default: the bundled {DEFAULT_MODEL}, as for `ganserve serve`)"
@@ -188,9 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "compile", "onnxruntime", "tensorrt"),
                    help="inference backend; auto: the fastest that runs here (default)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
-                   help="torch/compile backends on CUDA (default fp16 for ProGAN/StyleGAN; fp32 for StyleGAN2/3, "
-                        "where fp16 runs only the layers their source ran in float16)")
+    add_precision_flag(p)
     p.add_argument("--outdir", required=True)
     p.add_argument("--grid", help="also write all images as one grid PNG here")
     p.add_argument("--quiet", action="store_true")

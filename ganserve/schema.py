@@ -237,3 +237,11 @@ def check_translate(translate: object) -> tuple[float, float]:
         raise SpecError(f"translate must be two finite numbers in [-{TRANSLATE_MAX:g}, {TRANSLATE_MAX:g}] (image "
                         f"sizes), got {translate!r}", field="translate")
     return shift[0] + 0.0, shift[1] + 0.0  # -0.0 becomes 0.0
+
+
+def add_precision_flag(p: argparse.ArgumentParser) -> None:
+    """--precision of `ganserve generate` and `ganserve serve` (a backend option, not an image parameter)."""
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+                   help="of the torch/compile backends: on CUDA fp16 by default for ProGAN/StyleGAN, fp32 for "
+                        "StyleGAN2/3 (whose fp16 runs only the layers their source ran in float16); on the CPU fp32, "
+                        "or bf16 as an opt-in (faster on CPUs with bfloat16 instructions; pixels differ from fp32's)")

@@ -102,6 +102,18 @@ def test_half_precision_eager_on_cpu_is_refused_with_a_reason(model_dirs):
         TorchBackend(model_dirs["stylegan"], CPU, precision="fp16")
 
 
+@pytest.mark.parametrize("arch", ["stylegan", "progan"])
+def test_bf16_on_cpu_is_an_opt_in_close_to_fp32(model_dirs, arch):
+    """precision="bf16" on the CPU runs the synthesis under bfloat16 autocast: the same pictures, not the same bits."""
+    fp32 = TorchBackend(model_dirs[arch], CPU)
+    bf16 = TorchBackend(model_dirs[arch], CPU, precision="bf16")
+    assert fp32.precision == "fp32" and bf16.describe() == "torch (bf16) on cpu"
+    specs = make_specs(fp32.config, list(range(8)))
+    want, got = fp32.generate(specs).astype(int), bf16.generate(specs).astype(int)
+    assert got.shape == want.shape and not np.array_equal(got, want)
+    assert np.abs(got - want).mean() < 8
+
+
 def test_cli_generate_with_an_unavailable_backend_exits_2_with_one_line(model_dirs, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "ganserve.cli", "generate", "--model", model_dirs["progan"], "--seeds", "1",

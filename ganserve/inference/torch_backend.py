@@ -18,7 +18,10 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 class TorchBackend(Backend):
     """Eager PyTorch under inference_mode; batch-invariant on CPU (see run_eager).
 
-    On CUDA the synthesis network runs channels-last; mapping, truncation and mixing stay float32. ProGAN and StyleGAN
+    On the CPU precision="bf16" (opt-in) runs the synthesis network under bfloat16 autocast: faster where the CPU
+    has bfloat16 instructions, but its pixels differ from float32's and depend on the batch (the same-pixels promise
+    holds for fp32 only). On CUDA the synthesis network runs channels-last; mapping, truncation and mixing stay
+    float32. ProGAN and StyleGAN
     run under autocast, fp16 by default (precision="fp32" or "bf16" to change it). StyleGAN2/3 (imported) run in
     float32 by default, as their weights were made; precision="fp16" (or "bf16") runs only the layers their source
     ran in float16 (NVlabs' num_fp16_res highest resolutions, with its conv_clamp) in that precision.
@@ -33,8 +36,8 @@ class TorchBackend(Backend):
         precision = precision or ("fp16" if device.type == "cuda" and not layerwise else "fp32")
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if precision != "fp32" and device.type != "cuda":
-            raise BackendUnavailable(f"{precision} inference needs a CUDA device; on {device} use fp32")
+        if precision == "fp16" and device.type != "cuda":
+            raise BackendUnavailable(f"fp16 inference needs a CUDA device; on {device} use fp32 (or bf16)")
         self.precision = precision
         self.autocast: torch.dtype | None = None if precision == "fp32" else PRECISIONS[precision]
         self.half_layers = 0
@@ -49,13 +52,14 @@ class TorchBackend(Backend):
         self.noise_resolutions = self.G.noise_resolutions()
 
     def run(self, inputs: BatchInputs) -> torch.Tensor:
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and self.autocast is None and not self.half_layers:
             return run_eager(self.G, inputs, self.device)
         with torch.inference_mode():
             ws = batch_styles(self.G.mapping, self.G.w_avg, inputs, self.device)
             noise = batch_noise(inputs, self.G.const_noise(), self.device)
-            with torch.autocast("cuda", dtype=self.autocast or torch.float16, enabled=self.autocast is not None):
-                return to_uint8(self.G.synthesis(ws, noise, **synthesis_args(inputs, self.device)))
+            dtype = self.autocast or torch.float16
+            with torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast is not None):
+                return to_uint8(self.G.synthesis(ws, noise, **synthesis_args(inputs, self.device)).float())
 
     def describe_precision(self) -> str:
         if self.half_layers:

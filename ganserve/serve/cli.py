@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ganserve.devices import DEVICE_CHOICES
 from ganserve.errors import UsageError
-from ganserve.schema import SEEDS, add_flags, parse_seeds, spec_kwargs
+from ganserve.schema import SEEDS, add_flags, add_precision_flag, parse_seeds, spec_kwargs
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -82,9 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encode-threads", type=int, help="PNG/JPEG/WebP encoding threads (default: cores, at most 8)")
     p.add_argument("--cpu-threads", type=int,
                    help="torch threads per worker on CPU (default: the cores less one, shared among the workers, >= 1)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
-                   help="torch/compile backends on CUDA (default fp16 for ProGAN/StyleGAN; fp32 for StyleGAN2/3, "
-                        "where fp16 runs only the layers their source ran in float16)")
+    add_precision_flag(p)
     p.add_argument("--timeout-s", type=float, default=60.0, help="an image queued longer than this fails with 504")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)
