@@ -148,7 +148,7 @@ def test_a_model_that_fails_to_load_stops_the_server_with_one_line_and_no_proces
 
 
 def test_a_worker_that_dies_stops_the_server_with_an_error_and_no_process_left(model_dirs, tmp_path):
-    """With the default worker count on the CPU (one per core, at most 4), one of them is killed."""
+    """With the default worker count on the CPU (one per core), one of them is killed."""
     server = ServerProcess([model_dirs["stylegan"]], "--backend", "torch", "--device", "cpu", "--log-level", "warning",
                            log=tmp_path / "server.log").start()
     processes = server.descendants()

@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how long a batch waits to fill up to that share (default 5 ms)")
     p.add_argument("--devices", type=int, default=1, help="GPUs to use (default 1)")
     p.add_argument("--workers-per-device", type=int,
-                   help="inference processes per device (default: 1 per GPU; on the CPU one per core, at most 4)")
+                   help="inference processes per device (default: 1 per GPU; on the CPU one per core, at most 4 "
+                        "with --backend torch)")
     p.add_argument("--max-queue", type=int, default=512,
                    help="images queued or on the device before new requests get 503 (default 512)")
     p.add_argument("--max-seeds", type=int, default=1024, help="seeds per POST request; more is a 413 (default 1024)")

@@ -41,7 +41,7 @@ class ServeOptions:
     max_batch_size: int = 32
     batch_timeout_ms: float = 5.0
     devices: int = 1
-    workers_per_device: int | None = None  # default: 1 per GPU; on the CPU one per core, at most 4
+    workers_per_device: int | None = None  # default: 1 per GPU; on the CPU one per core (at most 4 for torch)
     max_queue: int = 512  # images queued or on the device before new requests get 503
     max_seeds: int = 1024  # per POST request; more is a 413
     max_body_bytes: int = 1 << 20
@@ -107,12 +107,14 @@ class Server:
               flush=True)
 
 
-def default_workers(device: torch.device) -> int:
-    """Inference processes per device unless --workers-per-device says otherwise. On the CPU one per core, at most
-    4, each with its share of the other cores as torch threads (one at least): a batch's many small operators scale
-    poorly across threads, and processes do not wait for each other (benchmarks/README.md has the measurements). On
-    a GPU one."""
-    return 1 if device.type == "cuda" else min(4, cpu_cores())
+def default_workers(device: torch.device, backend: str = "auto") -> int:
+    """Inference processes per device unless --workers-per-device says otherwise. On a GPU one. On the CPU one per
+    core: ONNX Runtime (what `auto` runs there) uses one thread per session, so processes are how it uses the cores;
+    eager torch at most 4, each with its share of the other cores as torch threads (one at least), since a batch's
+    many small operators scale poorly across threads and processes do not wait for each other."""
+    if device.type == "cuda":
+        return 1
+    return cpu_cores() if backend in ("auto", "onnxruntime") else min(4, cpu_cores())
 
 
 def build_server(opts: ServeOptions) -> Server:
@@ -132,7 +134,7 @@ def build_server(opts: ServeOptions) -> Server:
     summary = ", ".join(f"{n} ({c.arch} {c.resolution}x{c.resolution})" for n, c in configs.items())
     summary += f" on {device.type}"
     state_dir = Path(tempfile.mkdtemp(prefix="ganserve-serve-"))
-    workers = opts.workers_per_device or default_workers(device)
+    workers = opts.workers_per_device or default_workers(device, backend)
     cpu_threads = opts.cpu_threads or cpu_threads_per_worker(workers)
     worker = GeneratorWorker(models, backend, state_dir, cpu_threads, precision=opts.precision)
     settings = ServerSettings(
