@@ -67,19 +67,22 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=12.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--a-backend", default="torch", help="--backend of server A (default torch)")
+    p.add_argument("--b-backend", default="torch", help="--backend of server B (default torch); e.g. --a . --b . "
+                   "--b-backend auto compares the default backend with eager torch on one tree")
     args, extra = p.parse_known_args()
     extra = [x for x in extra if x != "--"]
     model = args.model or sb.default_model()
-    flags = ["--backend", "torch", "--workers-per-device", str(args.workers), "--cpu-threads", "1",
-             "--log-level", "warning", *extra]
+    flags = ["--workers-per-device", str(args.workers), "--cpu-threads", "1", "--log-level", "warning", *extra]
+    backends = {"A": args.a_backend, "B": args.b_backend}
     trees = {"A": Path(args.a).resolve(), "B": Path(args.b).resolve()}
     say = lambda line: print(line, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="serve-ab-") as tmp:
         servers: dict[str, ServerProcess] = {}
         try:
             for name, tree in trees.items():
-                servers[name] = start(tree, model, flags, Path(tmp) / f"{name}.log")
-                say(f"{name}: ganserve serve from {tree} at {servers[name].url}")
+                servers[name] = start(tree, model, ["--backend", backends[name], *flags], Path(tmp) / f"{name}.log")
+                say(f"{name}: ganserve serve --backend {backends[name]} from {tree} at {servers[name].url}")
             rows: dict[str, list[dict]] = {name: [] for name in trees}
             for r in range(args.rounds):
                 for name in (("A", "B") if r % 2 == 0 else ("B", "A")):  # who goes first alternates

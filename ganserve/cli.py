@@ -128,32 +128,28 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from ganserve.devices import keep_freed_memory
-    from ganserve.imaging import encode, make_grid, to_pil
+    from ganserve.imaging import make_grid, to_pil
+    from ganserve.inference.bulk import default_generate_workers, write_images
     from ganserve.inference.registry import load_backend
-    from ganserve.inference.sampling import iter_batches, make_specs
+    from ganserve.inference.sampling import make_specs
 
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
+        raise UsageError("--batch-size and --workers must be at least 1")
     backend = load_backend(args.model or default_model(), args.backend, args.device, precision=args.precision)
     if backend.device.type == "cpu":
-        keep_freed_memory()  # the batches' buffers are reused instead of faulted in afresh (benchmarks/README.md)
-    seeds = parse_seeds(args.seeds)
-    specs = make_specs(backend.config, seeds, **spec_kwargs(args))
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    images = []
-    with tqdm(total=len(specs), unit="img", desc=f"generate ({backend.describe()})", disable=args.quiet) as bar:
-        for batch in iter_batches(specs, args.batch_size):
-            pixels = backend.generate(batch)
-            for spec, im in zip(batch, pixels):
-                (outdir / f"seed{spec.seed:04d}.{args.format}").write_bytes(encode(im, args.format))
-            if args.grid:
-                images.extend(pixels)
-            bar.update(len(batch))
+        keep_freed_memory()  # the batches' buffers are reused instead of faulted in afresh
+    specs = make_specs(backend.config, parse_seeds(args.seeds), **spec_kwargs(args))
+    workers = args.workers or default_generate_workers(backend)
+    desc = f"generate ({backend.describe()}" + (f", {workers} processes)" if workers > 1 else ")")
+    with tqdm(total=len(specs), unit="img", desc=desc, disable=args.quiet) as bar:
+        images = write_images(backend, specs, Path(args.outdir), args.format, args.batch_size, workers,
+                              keep=bool(args.grid), progress=bar.update)
     if args.grid:
         grid = Path(args.grid)
         grid.parent.mkdir(parents=True, exist_ok=True)
-        to_pil(make_grid(images)).save(grid)
+        to_pil(make_grid(list(images))).save(grid)
     if not args.quiet:
-        print(f"wrote {len(specs)} images to {outdir}" + (f" and a grid to {args.grid}" if args.grid else ""))
+        print(f"wrote {len(specs)} images to {args.outdir}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
 # -- import ----------------------------------------------------------------------------------------------------
@@ -184,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help=f"model directory or bundled model name {MODEL_DEFAULT_HELP}")
     p.add_argument("--seeds", required=True, help=SEEDS.cli_help)
     add_flags(p)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch, at most (default 32)")
+    p.add_argument("--workers", type=int,
+                   help="processes generating and writing at once (default: one per core on the CPU, 1 on a GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "compile", "onnxruntime", "tensorrt"),
                    help="inference backend; auto: the fastest that runs here (default)")

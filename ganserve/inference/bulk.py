@@ -1,0 +1,86 @@
+"""Many images to files: batches spread over worker processes (on the CPU one per core, as `ganserve serve` runs),
+each generating a batch and writing its files before taking the next, so that encoding overlaps generation and every
+core works. An image's pixels do not depend on which process or batch made it (the same-pixels rule of the
+backends), so the files equal those of one process or of the server."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ganserve.devices import cpu_threads_per_worker, setup_cpu_inference
+from ganserve.imaging import encode
+from ganserve.inference.backend import Backend
+from ganserve.inference.sampling import SampleSpec, iter_batches
+
+_worker_backend: Backend | None = None  # the backend of a worker process (set by _start_worker)
+
+
+def image_path(outdir: Path, spec: SampleSpec, fmt: str) -> Path:
+    return outdir / f"seed{spec.seed:04d}.{fmt}"
+
+
+def _write_batch(backend: Backend, specs: Sequence[SampleSpec], outdir: Path, fmt: str,
+                 keep: bool) -> tuple[int, np.ndarray | None]:
+    pixels = backend.generate(specs)
+    for spec, image in zip(specs, pixels):
+        image_path(outdir, spec, fmt).write_bytes(encode(image, fmt))
+    return len(specs), pixels if keep else None
+
+
+def _start_worker(name: str, model_dir: str, device: str, options: dict, threads: int) -> None:
+    global _worker_backend
+    from ganserve.inference.registry import load_backend
+
+    setup_cpu_inference(threads)
+    _worker_backend = load_backend(model_dir, name, device, **options)
+
+
+def _worker_batch(specs, outdir: Path, fmt: str, keep: bool) -> tuple[int, np.ndarray | None]:
+    assert _worker_backend is not None
+    return _write_batch(_worker_backend, specs, outdir, fmt, keep)
+
+
+def default_generate_workers(backend: Backend) -> int:
+    """One process per core on the CPU, one on a GPU."""
+    from ganserve.devices import cpu_cores
+
+    return 1 if backend.device.type == "cuda" else cpu_cores()
+
+
+def write_images(backend: Backend, specs: Sequence[SampleSpec], outdir: Path, fmt: str = "png",
+                 batch_size: int = 32, workers: int = 1, keep: bool = False,
+                 progress: Callable[[int], None] = lambda n: None) -> np.ndarray | None:
+    """Generate `specs` with `backend` and write OUTDIR/seedNNNN.FMT for each; with `keep` also return the pixels
+    [N, H, W, C] in spec order. With workers > 1 (and more than one batch to share) that many processes each load
+    the same backend (from backend.model_dir: a model directory or the export the backend runs) and take batches
+    of at most `batch_size`, as many as needed to give each a share. `progress(n)` is called as n images are done."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    size = max(1, min(batch_size, math.ceil(len(specs) / max(1, workers))))
+    batches = list(iter_batches(specs, size)) if specs else []
+    workers = min(workers, len(batches))
+    results: list[np.ndarray | None] = []
+    if workers <= 1:
+        for batch in iter_batches(specs, batch_size):
+            n, pixels = _write_batch(backend, batch, outdir, fmt, keep)
+            results.append(pixels)
+            progress(n)
+    else:
+        options = {"precision": backend.precision} if backend.name in ("torch", "compile") else {}
+        init = (backend.name, str(backend.model_dir), str(backend.device), options, cpu_threads_per_worker(workers))
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
+                                 initargs=init) as pool:
+            futures = [pool.submit(_worker_batch, batch, outdir, fmt, keep) for batch in batches]
+            for future in futures:
+                n, pixels = future.result()
+                results.append(pixels)
+                progress(n)
+    if not keep:
+        return None
+    r, c = backend.config.resolution, backend.config.img_channels
+    return np.concatenate(results) if results else np.zeros((0, r, r, c), np.uint8)
