@@ -66,6 +66,23 @@ def _parts(parser: MultipartParser, chunk: bytes) -> Iterator[tuple[int, bytes]]
         yield int(part.headers["x-seed"]), part.body
 
 
+class _Arrivals:
+    """The consumer's side of generate_many_bytes, for Client (threads) and AsyncClient (tasks) alike: each worker
+    puts (seed, bytes) results, an exception it met, and None when it ends on one queue, read until all have ended."""
+
+    def __init__(self, workers: int):
+        self.running = workers
+
+    def is_result(self, item) -> bool:
+        """True for a (seed, bytes) to hand on; counts a worker's end (None) and raises a worker's exception."""
+        if item is None:
+            self.running -= 1
+            return False
+        if isinstance(item, BaseException):
+            raise item
+        return True
+
+
 class Client:
     """Blocking client. `generate_many*` runs up to `concurrency` streaming requests at once on threads."""
 
@@ -165,15 +182,11 @@ class Client:
         threads = [threading.Thread(target=work, daemon=True) for _ in range(min(concurrency, len(chunks)) or 1)]
         for t in threads:
             t.start()
-        running = len(threads)
+        arrivals = _Arrivals(len(threads))
         try:
-            while running:
+            while arrivals.running:
                 item = results.get()
-                if item is None:
-                    running -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
+                if arrivals.is_result(item):
                     yield item
         finally:
             stop.set()  # workers still streaming stop after their next chunk
@@ -266,15 +279,11 @@ class AsyncClient:
                 await results.put(None)
 
         tasks = [asyncio.create_task(work()) for _ in range(min(concurrency, len(chunks)) or 1)]
-        running = len(tasks)
+        arrivals = _Arrivals(len(tasks))
         try:
-            while running:
+            while arrivals.running:
                 item = await results.get()
-                if item is None:
-                    running -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
+                if arrivals.is_result(item):
                     yield item
         finally:
             for t in tasks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+import httpx
 import pytest
 import torch
 
@@ -46,3 +47,11 @@ def model_dirs(tmp_path_factory) -> dict[str, str]:
     """Saved tiny model directories, one per architecture."""
     root = tmp_path_factory.mktemp("models")
     return {a: str(save_model(tiny_generator(a), root / a)) for a in ("stylegan", "progan")}
+
+
+@pytest.fixture(scope="module")
+def http(server, request):
+    """An httpx client on the test module's `server` fixture (a ServerProcess, see tests/serving.py), for the module;
+    its timeout is the module's HTTP_TIMEOUT_S, else 60 s. A module that wants more defines its own `http`."""
+    with httpx.Client(base_url=server.url, timeout=getattr(request.module, "HTTP_TIMEOUT_S", 60)) as client:
+        yield client

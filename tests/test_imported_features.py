@@ -11,7 +11,6 @@ Served pixels are checked against the torch backend in this process, which `gans
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
 import shutil
@@ -23,6 +22,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from serving import generated, http_client, images_by_seed, parts_of, pixels, served
+from serving import get_image as get_any_image
 from test_gallery import ARTIFACTS, _generation, _loaded, _rerendered, _wait, browser  # noqa: F401 (a fixture)
 from test_import_stylegan2 import write_nvlabs_pickle
 from test_stylegan3 import write_sg3_pickle
@@ -32,10 +33,10 @@ from ganserve.client import AsyncClient, Client, ServerError
 from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import make_spec
 from ganserve.models.importers import import_checkpoint
-from ganserve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
+HTTP_TIMEOUT_S = 120  # the `http` fixture of conftest.py
 NUM_WS = {"sg2": 6, "sg3": 8}  # the writers' 16x16 networks, as tests/test_import_stylegan2.py and test_stylegan3.py
 
 
@@ -59,15 +60,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 def server(models, tmp_path_factory):
     flags = ["--backend", "torch", "--device", "cpu", "--workers-per-device", "1", "--max-batch-size", "16",
              "--batch-timeout-ms", "50", "--log-level", "warning"]
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    with ServerProcess([f"{name}={path}" for name, path in models.items()], *flags, log=log) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=120) as client:
-        yield client
+    yield from served([f"{name}={path}" for name, path in models.items()], flags, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -76,21 +69,14 @@ def reference(models):
     backends = {name: load_backend(path, "torch", "cpu") for name, path in models.items()}
 
     def images(model, seeds, **params):
-        b = backends[model]
-        return dict(zip(seeds, b.generate([make_spec(b.config, s, **params) for s in seeds])))
+        return dict(zip(seeds, generated(backends[model], seeds, **params)))
 
     return images
 
 
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
 def get_image(http, **params) -> np.ndarray:
-    r = http.get("/generate", params=params)
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == "image/png" and r.content.startswith(b"\x89PNG\r\n\x1a\n")
-    return pixels(r.content)
+    """Pixels of GET /generate, which must answer 200 with a PNG."""
+    return get_any_image(http, png=True, **params)
 
 
 def ganserve(*args: str) -> subprocess.CompletedProcess:
@@ -131,9 +117,7 @@ def test_stylegan3_post_streams_a_batch_of_seeds_equal_to_single_images(server, 
     r = httpx.post(f"{server.url}/generate", json={"seeds": seeds, "psi": 0.6, "model": "sg3"}, timeout=120)
     assert r.status_code == 200, r.text
     assert r.headers["x-count"] == str(len(seeds)) and r.headers["x-model"] == "sg3"
-    parser = MultipartParser(boundary_of(r.headers["content-type"]))
-    parts = list(parser.feed(r.content))
-    parser.close()
+    parts = parts_of(r)
     assert sorted(int(p.headers["x-seed"]) for p in parts) == seeds
     want = reference("sg3", seeds, psi=0.6)
     for p in parts:
@@ -167,8 +151,7 @@ def test_stylegan3_style_mixing_follows_its_own_ws(http, reference):
     assert r.status_code == 422 and r.json()["field"] == "mix_layers" and every in r.json()["detail"], r.text
     r = http.post("/generate", json={"seeds": [1, 2], "mix_seed": 7, "mix_layers": [0, 1], "model": "sg3"})
     assert r.status_code == 200, r.text
-    parts = {int(p.headers["x-seed"]): pixels(p.body)
-             for p in MultipartParser(boundary_of(r.headers["content-type"])).feed(r.content)}
+    parts = images_by_seed(parts_of(r))
     want = reference("sg3", [1, 2], mix_seed=7, mix_layers=[0, 1])
     assert sorted(parts) == [1, 2] and all(np.array_equal(parts[s], want[s]) for s in parts)
 
@@ -240,13 +223,12 @@ def test_stylegan3_onnx_export_served_by_onnx_runtime_matches_torch(models, refe
     assert r.returncode == 0, r.stderr
     flags = ["--backend", "onnxruntime", "--device", "cpu", "--workers-per-device", "1", "--log-level", "warning"]
     with ServerProcess([f"sg3={model}"], *flags, log=tmp_path / "server.log") as server:
-        with httpx.Client(base_url=server.url, timeout=120) as http:
+        with http_client(server, timeout=120) as http:
             listed = http.get("/models").json()["models"]
             assert [(m["backend"], m["num_ws"]) for m in listed] == [("onnxruntime", NUM_WS["sg3"])]
             r = http.post("/generate", json={"seeds": "0-7", "psi": 0.7})
             assert r.status_code == 200, r.text
-            parts = list(MultipartParser(boundary_of(r.headers["content-type"])).feed(r.content))
-            got = {int(p.headers["x-seed"]): pixels(p.body) for p in parts}
+            got = images_by_seed(parts_of(r))
             got[100] = get_image(http, seed=1, mix_seed=7, mix_layers="coarse", truncation_cutoff=4, psi=0.5)
     want = {**reference("sg3", list(range(8)), psi=0.7),
             100: reference("sg3", [1], mix_seed=7, mix_layers="coarse", truncation_cutoff=4, psi=0.5)[1]}

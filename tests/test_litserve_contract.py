@@ -283,22 +283,38 @@ def test_the_response_buffer_task_stores_the_answer_and_sets_the_event():
     assert item.event.is_set() and list(item.response) == ["pixels", LitAPIStatus.OK]  # a list: (data, status)
 
 
-def test_submit_puts_an_item_and_returns_its_answer():
-    """InferenceServer.submit end to end in one process: the item it queues, the answer it reads from the buffer."""
+def submitting_server() -> tuple[glue.InferenceServer, queue.Queue]:
+    """An InferenceServer in this process whose submit puts its items on the returned queue (as for worker 0)."""
     server = glue.InferenceServer(Doubler(), settings())
     requests: queue.Queue = queue.Queue()
     server._lit.litapi_request_queues["/generate"] = requests
     server.app.response_queue_id = 0
+    return server, requests
+
+
+async def next_item(requests: queue.Queue) -> tuple:
+    """The next item submit queued, once it is there: (response queue id, uid, timestamp, payload)."""
+    while requests.empty():
+        await asyncio.sleep(0.001)
+    return requests.get()
+
+
+def answer(server: glue.InferenceServer, uid, data, status) -> None:
+    """Answer the item `uid` as the response buffer task does: store (data, status) and set its event."""
+    entry = server._lit.response_buffer[uid]
+    entry.response = (data, status)
+    entry.event.set()
+
+
+def test_submit_puts_an_item_and_returns_its_answer():
+    """InferenceServer.submit end to end in one process: the item it queues, the answer it reads from the buffer."""
+    server, requests = submitting_server()
 
     async def main():
         task = asyncio.ensure_future(server.submit(21))
-        while requests.empty():
-            await asyncio.sleep(0.001)
-        consumer, uid, timestamp, payload = requests.get()
+        consumer, uid, timestamp, payload = await next_item(requests)
         assert (consumer, payload) == (0, 21) and server.in_flight == 1
-        entry = server._lit.response_buffer[uid]
-        entry.response = (42, LitAPIStatus.OK)
-        entry.event.set()
+        answer(server, uid, 42, LitAPIStatus.OK)
         return await task
 
     assert asyncio.run(main()) == 42
@@ -307,18 +323,11 @@ def test_submit_puts_an_item_and_returns_its_answer():
 
 @pytest.mark.parametrize("data", [pickle.dumps(ValueError("boom")), HTTPException(504, "Request timed out")])
 def test_submit_raises_worker_error_with_the_exception(data):
-    server = glue.InferenceServer(Doubler(), settings())
-    requests: queue.Queue = queue.Queue()
-    server._lit.litapi_request_queues["/generate"] = requests
-    server.app.response_queue_id = 0
+    server, requests = submitting_server()
 
     async def main():
         task = asyncio.ensure_future(server.submit(1))
-        while requests.empty():
-            await asyncio.sleep(0.001)
-        entry = server._lit.response_buffer[requests.get()[1]]
-        entry.response = (data, LitAPIStatus.ERROR)
-        entry.event.set()
+        answer(server, (await next_item(requests))[1], data, LitAPIStatus.ERROR)
         await task
 
     with pytest.raises(glue.WorkerError) as caught:

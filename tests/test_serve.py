@@ -5,7 +5,6 @@ One server (a tiny StyleGAN and a tiny ProGAN) for the whole module; images are 
 
 from __future__ import annotations
 
-import io
 import re
 import subprocess
 import sys
@@ -16,16 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from serving import generated, get_image, pixels, saved_stylegan, served, stream_parts
 
 from ganserve.client import Client
 from ganserve.inference.registry import load_backend
-from ganserve.inference.sampling import make_spec
-from ganserve.models import ModelConfig, build_generator
-from ganserve.models.weights import save_model
-from ganserve.multipart import MultipartParser, boundary_of
-from ganserve.serve.process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -33,26 +27,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def big_model(tmp_path_factory) -> str:
     """A 64x64 StyleGAN slow enough (about 0.1 s a batch on a CPU) that streaming is visible in time."""
-    torch.manual_seed(0)
-    config = ModelConfig(arch="stylegan", resolution=64, z_dim=32, w_dim=32, fmap_base=512, fmap_max=64,
-                         mapping_layers=2)
-    return str(save_model(build_generator(config).eval(), tmp_path_factory.mktemp("big") / "big"))
+    return saved_stylegan(tmp_path_factory.mktemp("big") / "big", resolution=64, fmap_base=512, fmap_max=64)
 
 
 @pytest.fixture(scope="module")
 def server(model_dirs, big_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve") / "server.log"
     models = [f"sg={model_dirs['stylegan']}", f"pg={model_dirs['progan']}", f"big={big_model}"]
     flags = ["--backend", "torch", "--device", "cpu", "--max-batch-size", "16", "--batch-timeout-ms", "20",
              "--max-seeds", "200", "--log-level", "warning"]
-    with ServerProcess(models, *flags, log=log) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
+    yield from served(models, flags, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +46,9 @@ def reference(model_dirs, big_model):
                 "big": load_backend(big_model, "torch", "cpu")}
 
     def images(seeds, model="sg", **params):
-        b = backends[model]
-        return b.generate([make_spec(b.config, s, **params) for s in seeds])
+        return generated(backends[model], seeds, **params)
 
     return images
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def get_image(http, **params) -> np.ndarray:
-    r = http.get("/generate", params=params)
-    assert r.status_code == 200, r.text
-    return pixels(r.content)
 
 
 def test_get_returns_the_png_that_ganserve_generate_writes(http, model_dirs, tmp_path):
@@ -165,12 +137,9 @@ def test_post_streams_100_images_the_first_before_the_last_is_generated(server, 
     body = {"seeds": "300-399", "psi": 0.5, "model": "big"}
     with httpx.stream("POST", f"{server.url}/generate", json=body, timeout=120) as r:
         assert r.status_code == 200 and r.headers["x-count"] == "100" and r.headers["x-model"] == "big"
-        parser = MultipartParser(boundary_of(r.headers["content-type"]))
-        for chunk in r.iter_bytes():
-            for part in parser.feed(chunk):
-                arrivals.append(time.time())
-                parts.append(part)
-        parser.close()
+        for part in stream_parts(r):
+            arrivals.append(time.time())
+            parts.append(part)
     assert sorted(int(p.headers["x-seed"]) for p in parts) == seeds
     expected = reference(seeds, model="big", psi=0.5)
     for p in parts:
@@ -181,51 +150,37 @@ def test_post_streams_100_images_the_first_before_the_last_is_generated(server, 
     assert arrivals[0] < last_generated, "the first image arrived only after the last one was generated"
 
 
-# (method, target, body, expected status, field named in the error)
-BAD_REQUESTS = [
-    ("GET", "/generate?seed=-1", None, 422, "seed"),
-    ("GET", "/generate?seed=4294967296", None, 422, "seed"),
-    ("GET", f"/generate?seed={'9' * 5000}", None, 422, "seed"),
-    ("GET", "/generate?seed=1.5", None, 422, "seed"),
-    ("GET", "/generate?seed=abc", None, 422, "seed"),
-    ("GET", "/generate", None, 422, "seed"),
-    ("GET", "/generate?seed=1&psi=nan", None, 422, "psi"),
-    ("GET", "/generate?seed=1&psi=inf", None, 422, "psi"),
-    ("GET", "/generate?seed=1&psi=-inf", None, 422, "psi"),
-    ("GET", "/generate?seed=1&psi=2.5", None, 422, "psi"),
-    ("GET", "/generate?seed=1&mix_seed=2&mix_layers=99", None, 422, "mix_layers"),
-    ("GET", "/generate?seed=1&mix_seed=2&mix_layers=3-1", None, 422, "mix_layers"),
-    ("GET", "/generate?seed=1&mix_seed=2&mix_layers=elbow", None, 422, "mix_layers"),
-    ("GET", "/generate?seed=1&mix_layers=coarse", None, 422, "mix_seed"),
-    ("GET", "/generate?seed=1&model=pg&mix_seed=2", None, 400, "mix_seed"),
-    ("GET", "/generate?seed=1&truncation_cutoff=7", None, 422, "truncation_cutoff"),
-    ("GET", "/generate?seed=1&noise=loud", None, 422, "noise"),
-    ("GET", "/generate?seed=1&format=gif", None, 422, "format"),
-    ("GET", "/generate?seed=1&sed=2", None, 422, "sed"),
-    ("GET", "/generate?seed=1&model=nope", None, 404, "model"),
-    ("GET", "/generate?seed=1&model=../sg", None, 422, "model"),
-    ("GET", "/generate?seed=1&model=/etc/passwd", None, 422, "model"),
-    ("GET", "/generate?seed=1&model=sg%2F..%2Fpg", None, 422, "model"),
-    ("POST", "/generate", b'{"seeds": [1, 2', 422, "body"),
-    ("POST", "/generate", b"not json at all", 422, "body"),
-    ("POST", "/generate", b"[1, 2]", 422, "body"),
-    ("POST", "/generate", b"{}", 422, "seeds"),
-    ("POST", "/generate", b'{"seeds": []}', 422, "seeds"),
-    ("POST", "/generate", b'{"seeds": [1, -3]}', 422, "seeds"),
-    ("POST", "/generate", b'{"seeds": [1.5]}', 422, "seeds"),
-    ("POST", "/generate", b'{"seeds": [true]}', 422, "seeds"),
-    ("POST", "/generate", b'{"seeds": "9-1"}', 422, "seeds"),
-    ("POST", "/generate", b'{"seeds": "0-4294967295"}', 413, "seeds"),
-    ("POST", "/generate", b'{"seeds": "0-200"}', 413, "seeds"),
-    ("POST", "/generate", b'{"seeds": [' + b"1," * 200 + b"1]}", 413, "seeds"),
-    ("POST", "/generate", b'{"seeds": [1], "psi": NaN}', 422, "psi"),
-    ("POST", "/generate", b'{"seeds": [1], "psi": Infinity}', 422, "psi"),
-    ("POST", "/generate", b'{"seeds": [1], "mix_seed": 2, "mix_layers": [0, 64]}', 422, "mix_layers"),
-    ("POST", "/generate", b'{"seeds": [1], "model": "../../etc"}', 422, "model"),
-    ("POST", "/generate", b'{"seeds": [1], "model": "nope"}', 404, "model"),
-    ("POST", "/generate", b'{"seeds": [1], "model": "pg", "mix_seed": 3}', 400, "mix_seed"),
-    ("POST", "/generate", b'{"seeds": [' + b"1," * 600_000 + b"1]}", 413, None),
+# (expected status, field named in the error, [queries of GET /generate that get it])
+BAD_GETS = [
+    (422, "seed", ["seed=-1", "seed=4294967296", f"seed={'9' * 5000}", "seed=1.5", "seed=abc", ""]),
+    (422, "psi", ["seed=1&psi=nan", "seed=1&psi=inf", "seed=1&psi=-inf", "seed=1&psi=2.5"]),
+    (422, "mix_layers", [f"seed=1&mix_seed=2&mix_layers={layers}" for layers in ("99", "3-1", "elbow")]),
+    (422, "mix_seed", ["seed=1&mix_layers=coarse"]),
+    (400, "mix_seed", ["seed=1&model=pg&mix_seed=2"]),
+    (422, "truncation_cutoff", ["seed=1&truncation_cutoff=7"]),
+    (422, "noise", ["seed=1&noise=loud"]),
+    (422, "format", ["seed=1&format=gif"]),
+    (422, "sed", ["seed=1&sed=2"]),
+    (404, "model", ["seed=1&model=nope"]),
+    (422, "model", ["seed=1&model=../sg", "seed=1&model=/etc/passwd", "seed=1&model=sg%2F..%2Fpg"]),
 ]
+# (expected status, field named in the error or None, [bodies of POST /generate that get it])
+BAD_POSTS = [
+    (422, "body", [b'{"seeds": [1, 2', b"not json at all", b"[1, 2]"]),
+    (422, "seeds", [b"{}", b'{"seeds": []}', b'{"seeds": [1, -3]}', b'{"seeds": [1.5]}', b'{"seeds": [true]}',
+                    b'{"seeds": "9-1"}']),
+    (413, "seeds", [b'{"seeds": "0-4294967295"}', b'{"seeds": "0-200"}', b'{"seeds": [' + b"1," * 200 + b"1]}"]),
+    (422, "psi", [b'{"seeds": [1], "psi": NaN}', b'{"seeds": [1], "psi": Infinity}']),
+    (422, "mix_layers", [b'{"seeds": [1], "mix_seed": 2, "mix_layers": [0, 64]}']),
+    (422, "model", [b'{"seeds": [1], "model": "../../etc"}']),
+    (404, "model", [b'{"seeds": [1], "model": "nope"}']),
+    (400, "mix_seed", [b'{"seeds": [1], "model": "pg", "mix_seed": 3}']),
+    (413, None, [b'{"seeds": [' + b"1," * 600_000 + b"1]}"]),
+]
+# (method, target, body, expected status, field named in the error)
+BAD_REQUESTS = [("GET", f"/generate?{query}" if query else "/generate", None, status, field)
+                for status, field, queries in BAD_GETS for query in queries]
+BAD_REQUESTS += [("POST", "/generate", body, status, field) for status, field, bodies in BAD_POSTS for body in bodies]
 
 
 def test_bad_requests_get_4xx_json_naming_the_field_and_spare_their_neighbours(server, reference):

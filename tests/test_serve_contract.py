@@ -9,18 +9,12 @@ truncation formula computed by hand (tests/test_truncation_contract.py).
 
 from __future__ import annotations
 
-import io
-
-import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from serving import generated, get_image, pixels, served, stream_parts
 from test_truncation_contract import assert_same_image, independent_images
 
 from ganserve.inference.registry import load_backend
-from ganserve.inference.sampling import make_spec
-from ganserve.multipart import MultipartParser, boundary_of
-from ganserve.serve.process import ServerProcess
 
 pytestmark = pytest.mark.slow
 BUNDLED = "stylegan-emoji64"
@@ -32,14 +26,7 @@ def server(model_dirs, tmp_path_factory):
     models = [f"sg={model_dirs['stylegan']}", f"pg={model_dirs['progan']}", f"emoji={BUNDLED}"]
     flags = ["--device", "cpu", "--backend", "torch", "--workers-per-device", "1", "--max-batch-size", "8",
              "--log-level", "warning"]
-    with ServerProcess(models, *flags, log=tmp_path_factory.mktemp("contract") / "server.log") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
+    yield from served(models, flags, tmp_path_factory.mktemp("contract"))
 
 
 @pytest.fixture(scope="module")
@@ -49,32 +36,19 @@ def backends(model_dirs):
             "emoji": load_backend(BUNDLED, "torch", "cpu")}
 
 
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def get_image(http, **params) -> np.ndarray:
-    r = http.get("/generate", params=params)
-    assert r.status_code == 200, r.text
-    return pixels(r.content)
-
-
 def post_images(http, body: dict) -> dict[int, np.ndarray]:
     """seed -> pixels of a POST /generate, every part checked to be an image."""
     out = {}
     with http.stream("POST", "/generate", json=body) as r:
         assert r.status_code == 200, r.read()
-        parser = MultipartParser(boundary_of(r.headers["content-type"]))
-        for chunk in r.iter_bytes():
-            for part in parser.feed(chunk):
-                assert "x-error" not in part.headers, part.body
-                out[int(part.headers["x-seed"])] = pixels(part.body)
-        parser.close()
+        for part in stream_parts(r):
+            assert "x-error" not in part.headers, part.body
+            out[int(part.headers["x-seed"])] = pixels(part.body)
     return out
 
 
 def reference(backend, seed: int, **params) -> np.ndarray:
-    return backend.generate([make_spec(backend.config, seed, **params)])[0]
+    return generated(backend, [seed], **params)[0]
 
 
 @pytest.mark.parametrize("model", ["sg", "pg"])

@@ -20,16 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from serving import generated, http_client, saved_stylegan, served, stream_parts
 
 from ganserve.client import Client, ServerError
 from ganserve.inference.registry import load_backend
-from ganserve.inference.sampling import make_spec
-from ganserve.models import ModelConfig, build_generator
-from ganserve.models.weights import save_model
-from ganserve.multipart import MultipartParser, boundary_of
-from ganserve.serve.process import ServerProcess
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 0.1
@@ -39,23 +34,19 @@ BURST = 8  # GETs sent at once
 
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    config = ModelConfig(arch="stylegan", resolution=256, z_dim=32, w_dim=32, fmap_base=8192, fmap_max=256,
-                         mapping_layers=2)
-    return str(save_model(build_generator(config).eval(), tmp_path_factory.mktemp("slow") / "slow"))
+    return saved_stylegan(tmp_path_factory.mktemp("slow") / "slow", resolution=256, fmap_base=8192, fmap_max=256)
 
 
 @pytest.fixture(scope="module")
 def server(slow_model, tmp_path_factory):
     flags = ["--device", "cpu", "--backend", "torch", "--workers-per-device", "1", "--cpu-threads", "1",
              "--max-batch-size", "1", "--timeout-s", str(TIMEOUT_S), "--log-level", "warning"]
-    with ServerProcess([slow_model], *flags, log=tmp_path_factory.mktemp("failures") / "server.log") as s:
-        yield s
+    yield from served([slow_model], flags, tmp_path_factory.mktemp("failures"))
 
 
 @pytest.fixture(scope="module")
 def http(server):
-    with httpx.Client(base_url=server.url, timeout=120) as client:
+    with http_client(server, timeout=120) as client:
         assert client.get("/generate", params={"seed": 0}).status_code == 200  # warm: the first image is not late
         yield client
 
@@ -63,7 +54,7 @@ def http(server):
 @pytest.fixture(scope="module")
 def reference(slow_model):
     backend = load_backend(slow_model, "torch", "cpu")
-    return lambda seed: backend.generate([make_spec(backend.config, seed)])[0]
+    return lambda seed: generated(backend, [seed])[0]
 
 
 def burst(http, seeds) -> list[httpx.Response]:
@@ -120,10 +111,7 @@ def test_a_post_that_times_out_midway_ends_with_an_x_error_part(server, http, re
         parts = []
         with httpx.stream("POST", f"{server.url}/generate", json={"seeds": seeds}, timeout=120) as r:
             assert r.status_code == 200 and r.headers["x-count"] == str(len(seeds))
-            parser = MultipartParser(boundary_of(r.headers["content-type"]))
-            for chunk in r.iter_bytes():
-                parts.extend(parser.feed(chunk))
-            parser.close()  # the closing boundary came: the stream ended as designed, not cut off
+            parts.extend(stream_parts(r))  # to its closing boundary: the stream ended as designed, not cut off
         *images, last = parts
         if "x-error" in last.headers:
             assert last.headers["x-error"] == "504", last.headers
