@@ -133,8 +133,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from ganserve.inference.registry import load_backend
     from ganserve.inference.sampling import make_specs
 
-    if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
-        raise UsageError("--batch-size and --workers must be at least 1")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size: batch size must be at least 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
     backend = load_backend(args.model or default_model(), args.backend, args.device, precision=args.precision)
     if backend.device.type == "cpu":
         keep_freed_memory()  # the batches' buffers are reused instead of faulted in afresh
