@@ -150,6 +150,11 @@ def check_seed(seed: object, name: str = "seed") -> int:
     return seed
 
 
+def image_filename(seed: int, fmt: str) -> str:
+    """The file `ganserve generate` and `ganserve sample` write an image to: seed0042.png."""
+    return f"seed{seed:04d}.{fmt}"
+
+
 def parse_seeds(spec: str | int | Iterable[int], max_count: int | None = None) -> list[int]:
     """Seeds from `7`, `"0-99"`, `"1,2,5-10"` or a list of ints; ranges are inclusive. Order is kept."""
     if isinstance(spec, bool):

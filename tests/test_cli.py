@@ -57,6 +57,23 @@ def test_init_info_generate_round_trip(tmp_path):
     assert np.array_equal(np.asarray(Image.open(single / "seed0003.png")), img)
 
 
+def test_generate_in_worker_processes_writes_the_files_of_one_process(model_dirs, tmp_path):
+    """--workers 3 spreads batches over processes (each generating and writing its own); the files, and the grid,
+    are those of a single process."""
+    flags = ["--model", model_dirs["stylegan"], "--seeds", "0-20", "--batch-size", "4", "--device", "cpu", "--quiet"]
+    for w in ("1", "3"):
+        ganserve("generate", *flags, "--workers", w, "--outdir", str(tmp_path / w),
+                 "--grid", str(tmp_path / f"{w}.png"))
+    names = sorted(p.name for p in (tmp_path / "1").iterdir())
+    assert names == [f"seed{s:04d}.png" for s in range(21)]
+    assert sorted(p.name for p in (tmp_path / "3").iterdir()) == names
+    for name in names + ["../1.png"]:
+        one, three = (np.asarray(Image.open(tmp_path / w / name)) for w in ("1", "3"))
+        assert np.array_equal(one, three), name
+    proc = ganserve("generate", *flags, "--workers", "0", "--outdir", str(tmp_path / "0"), check=False)
+    assert proc.returncode == 2 and "--workers must be at least 1" in proc.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "3-1"], "runs backwards"),
     (["--seeds", "abc"], "bad seed 'abc'"),

@@ -13,23 +13,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ganserve.devices import cpu_threads_per_worker, setup_cpu_inference
+from ganserve.devices import cpu_cores, cpu_threads_per_worker, setup_cpu_inference
 from ganserve.imaging import encode
 from ganserve.inference.backend import Backend
 from ganserve.inference.sampling import SampleSpec, iter_batches
+from ganserve.schema import image_filename
 
 _worker_backend: Backend | None = None  # the backend of a worker process (set by _start_worker)
-
-
-def image_path(outdir: Path, spec: SampleSpec, fmt: str) -> Path:
-    return outdir / f"seed{spec.seed:04d}.{fmt}"
 
 
 def _write_batch(backend: Backend, specs: Sequence[SampleSpec], outdir: Path, fmt: str,
                  keep: bool) -> tuple[int, np.ndarray | None]:
     pixels = backend.generate(specs)
     for spec, image in zip(specs, pixels):
-        image_path(outdir, spec, fmt).write_bytes(encode(image, fmt))
+        (outdir / image_filename(spec.seed, fmt)).write_bytes(encode(image, fmt))
     return len(specs), pixels if keep else None
 
 
@@ -48,8 +45,6 @@ def _worker_batch(specs, outdir: Path, fmt: str, keep: bool) -> tuple[int, np.nd
 
 def default_generate_workers(backend: Backend) -> int:
     """One process per core on the CPU, one on a GPU."""
-    from ganserve.devices import cpu_cores
-
     return 1 if backend.device.type == "cuda" else cpu_cores()
 
 
@@ -61,12 +56,12 @@ def write_images(backend: Backend, specs: Sequence[SampleSpec], outdir: Path, fm
     the same backend (from backend.model_dir: a model directory or the export the backend runs) and take batches
     of at most `batch_size`, as many as needed to give each a share. `progress(n)` is called as n images are done."""
     outdir.mkdir(parents=True, exist_ok=True)
-    size = max(1, min(batch_size, math.ceil(len(specs) / max(1, workers))))
-    batches = list(iter_batches(specs, size)) if specs else []
+    size = max(1, min(batch_size, math.ceil(len(specs) / max(1, workers))))  # a share for every process
+    batches = list(iter_batches(specs, size))
     workers = min(workers, len(batches))
     results: list[np.ndarray | None] = []
     if workers <= 1:
-        for batch in iter_batches(specs, batch_size):
+        for batch in batches:
             n, pixels = _write_batch(backend, batch, outdir, fmt, keep)
             results.append(pixels)
             progress(n)

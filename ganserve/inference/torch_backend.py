@@ -21,10 +21,10 @@ class TorchBackend(Backend):
     On the CPU precision="bf16" (opt-in) runs the synthesis network under bfloat16 autocast: faster where the CPU
     has bfloat16 instructions, but its pixels differ from float32's and depend on the batch (the same-pixels promise
     holds for fp32 only). On CUDA the synthesis network runs channels-last; mapping, truncation and mixing stay
-    float32. ProGAN and StyleGAN
-    run under autocast, fp16 by default (precision="fp32" or "bf16" to change it). StyleGAN2/3 (imported) run in
-    float32 by default, as their weights were made; precision="fp16" (or "bf16") runs only the layers their source
-    ran in float16 (NVlabs' num_fp16_res highest resolutions, with its conv_clamp) in that precision.
+    float32. ProGAN and StyleGAN run under autocast, fp16 by default (precision="fp32" or "bf16" to change it).
+    StyleGAN2/3 (imported) run in float32 by default, as their weights were made; precision="fp16" (or "bf16")
+    runs only the layers their source ran in float16 (NVlabs' num_fp16_res highest resolutions, with its
+    conv_clamp) in that precision.
     """
 
     name = "torch"

@@ -5,6 +5,7 @@ Owns saving (atomic, per file), loading without pickle, the weights' sha256, and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -83,8 +84,17 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Pro
 
 
 def weights_sha256(directory: str | Path) -> str:
+    """The sha256 of a model directory's weights file, hashed once per file version (path, mtime and size): loading
+    a backend asks for it several times (where its export is cached, and whether an export is current)."""
+    path = Path(directory).resolve() / WEIGHTS_NAME
+    stat = path.stat()
+    return _file_sha256(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
     h = hashlib.sha256()
-    with open(Path(directory) / WEIGHTS_NAME, "rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

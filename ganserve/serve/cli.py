@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ganserve.devices import DEVICE_CHOICES
 from ganserve.errors import UsageError
-from ganserve.schema import SEEDS, add_flags, add_precision_flag, parse_seeds, spec_kwargs
+from ganserve.schema import SEEDS, add_flags, add_precision_flag, image_filename, parse_seeds, spec_kwargs
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -48,7 +48,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
             total=len(seeds), unit="img", desc=f"sample {args.url}", disable=args.quiet
         ) as bar:
             for seed, data in client.generate_many_bytes(seeds, concurrency=args.concurrency, **params):
-                (outdir / f"seed{seed:04d}.{args.format}").write_bytes(data)
+                (outdir / image_filename(seed, args.format)).write_bytes(data)
                 bar.update(1)
     except ServerError as e:
         raise UsageError(f"the server said: {e}") from None
