@@ -28,7 +28,7 @@ from ganserve.inference.registry import load_backend
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 0.1
-ATTEMPTS = 5  # runs of a POST until an image comes before the error (see above)
+ATTEMPTS = 20  # runs of a POST until an image comes before the error (see above): a busy machine misses a few
 BURST = 8  # GETs sent at once
 
 
