@@ -50,6 +50,25 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOR_TYPES = {1: 0, 3: 2}  # channels -> PNG colour type (greyscale, truecolour)
 
 
+ANIMATIONS = {"gif": ("GIF", "image/gif"), "webp": ("WEBP", "image/webp")}
+
+
+def encode_animation(frames: Sequence[np.ndarray] | np.ndarray, fmt: str = "gif", fps: float = 24.0,
+                     quality: int = 90) -> bytes:
+    """Encode [H, W, C] uint8 frames as one animated GIF (a palette of its own per frame) or WebP (lossy at
+    `quality`), playing at `fps` and looping forever."""
+    if fmt not in ANIMATIONS:
+        raise UsageError(f"animation format must be one of {', '.join(ANIMATIONS)}, got {fmt!r}")
+    images = [to_pil(np.asarray(f)) for f in frames]
+    if not images:
+        raise UsageError("an animation needs at least one frame")
+    buf = io.BytesIO()
+    options = {"quality": quality, "method": 4} if fmt == "webp" else {"optimize": False, "disposal": 1}
+    images[0].save(buf, ANIMATIONS[fmt][0], save_all=True, append_images=images[1:], duration=round(1000 / fps),
+                   loop=0, **options)
+    return buf.getvalue()
+
+
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
     """[H, W, 1|3] uint8 -> PNG bytes, written directly: every row uses the 'Up' filter (the difference from the row
     above, which uint8 arithmetic wraps modulo 256 as the format wants) and one zlib stream, with less work per row

@@ -26,6 +26,10 @@ PSI_MIN, PSI_MAX = -1.0, 2.0
 ROTATE_MAX = 360.0  # degrees, either way
 TRANSLATE_MAX = 100.0  # image widths/heights, either way
 MAX_CUTOFF = 64  # truncation_cutoff over HTTP, before it is checked against the model's num_ws
+LATENT_MAX = 1000.0  # the largest magnitude of a z or w value a request may give
+LATENT_SPACES = ("w", "z")  # what an interpolation walks through: w linearly, z along great circles
+ANIMATION_FORMATS = ("gif", "webp")  # one animated file of an interpolation (its frames are otherwise multipart)
+FPS_MAX = 60
 NOISE_MODES = ("const", "random", "none")  # none: no noise added (zero noise maps)
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 LAYER_PRESETS = ("coarse", "middle", "fine", "all")
@@ -94,6 +98,15 @@ PARAMS: tuple[Param, ...] = (  # in the order of make_spec's keywords, then mode
 SEED = Param("seed", int, "integer in [0, 2**32 - 1]", ge=0, le=MAX_SEED, required=True)  # GET /generate: one image
 SEEDS = Param("seeds", str, "a list of seeds, one seed, or a string like '0-99' or '1,2,5-10'", max_length=1000,
               cli_help="e.g. 42, 0-15 or 1,2,5-10")  # POST /generate and the CLI: many images
+Z = Param("z", float, "in place of seeds: a list of z vectors (z_dim numbers each); mapping, truncation and mixing "
+          "apply as for a seed's z")
+W = Param("w", float, "in place of seeds: a list of ws, each num_ws lists of w_dim numbers (what GET /latents "
+          "returns) or one w_dim list used for every layer; used as given (no psi, mixing or class). StyleGAN only")
+TO_SEED = Param("to_seed", int, "the seed the interpolation ends at", ge=0, le=MAX_SEED, required=True)
+STEPS = Param("steps", int, "frames, both ends included", ge=2, required=True)
+SPACE = Param("space", str, "w: straight steps between the ws (StyleGAN; the default there); z: steps along the "
+              "great circle between the zs (the default and only choice for ProGAN)", choices=LATENT_SPACES)
+FPS = Param("fps", float, "frames per second of an animated format", default=24.0, ge=1, le=FPS_MAX)
 SPEC_PARAMS = tuple(p for p in PARAMS if p.name not in ("model", "format"))  # make_spec's keywords after the seed
 BY_NAME = {p.name: p for p in (SEED, *PARAMS)}
 

@@ -33,7 +33,8 @@ def subcommand(name: str):
 
 def test_make_spec_takes_the_spec_parameters_with_their_defaults():
     signature = list(inspect.signature(make_spec).parameters.values())[2:]  # after config and seed
-    assert [(s.name, s.default) for s in signature] == [(p.name, p.default) for p in SPEC_PARAMS]
+    latents = [("z", None), ("w", None)]  # in place of the seed: not shared parameters
+    assert [(s.name, s.default) for s in signature] == [(p.name, p.default) for p in SPEC_PARAMS] + latents
 
 
 @pytest.mark.parametrize("client", [Client, AsyncClient])

@@ -33,6 +33,19 @@ class Backend:
         """One batch (at most max_batch_size rows) -> [N, H, W, C] uint8 on self.device."""
         raise NotImplementedError
 
+    def styles(self, inputs: BatchInputs) -> torch.Tensor:
+        """The ws [N, num_ws, w_dim] that `run` hands the synthesis network for the same batch (mapping,
+        truncation and mixing on this backend), on self.device."""
+        raise NotImplementedError
+
+    def latents(self, specs: Sequence[SampleSpec]) -> np.ndarray:
+        """The ws of `specs` as a host [N, num_ws, w_dim] float32 array: given back as `w`, each makes the same
+        image as its spec."""
+        size = self.max_batch_size or len(specs) or 1
+        c = self.config
+        parts = [self.styles(self.prepare(batch)).float().cpu().numpy() for batch in iter_batches(specs, size)]
+        return np.concatenate(parts) if parts else np.zeros((0, c.num_ws, c.w_dim), np.float32)
+
     def generate(self, specs: Sequence[SampleSpec], batch_size: int | None = None) -> np.ndarray:
         """Images for `specs` as a host [N, H, W, C] uint8 array, in batches no larger than the backend allows."""
         size = min(x for x in (batch_size, self.max_batch_size, len(specs) or 1) if x)

@@ -5,6 +5,7 @@ Owns the bucket rule (batches padded up to a power of two on CUDA; one dynamic-b
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,8 @@ def pad_rows(inputs: BatchInputs, size: int) -> BatchInputs:
         return None if a is None else np.concatenate([a, np.repeat(a[-1:], extra, axis=0)])
 
     noise = None if inputs.noise is None else [pad(n) for n in inputs.noise]
-    return BatchInputs(pad(inputs.z), pad(inputs.psi), pad(inputs.z_mix), pad(inputs.mix_mask), noise,
-                       pad(inputs.noise_random), pad(inputs.c), pad(inputs.transform))
+    arrays = {f.name: pad(getattr(inputs, f.name)) for f in dataclasses.fields(inputs) if f.name != "noise"}
+    return BatchInputs(noise=noise, **arrays)
 
 
 class CompileBackend(TorchBackend):

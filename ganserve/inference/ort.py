@@ -175,6 +175,7 @@ class OnnxRuntimeBackend(Backend):
             return self._bind(self.synthesis, feeds, "images", shape, dtype)
         return torch.from_numpy(self.synthesis.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
 
+    @torch.inference_mode()
     def styles(self, inputs: BatchInputs) -> torch.Tensor:
         """ws [N, num_ws, w_dim] of a batch: the mapping graph, then truncation and mixing as everywhere else."""
         return batch_styles(self._run_mapping, self.w_avg, inputs, self.device)

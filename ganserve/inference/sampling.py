@@ -1,15 +1,16 @@
-"""From per-image requests (seed, psi, mixing, noise, class, StyleGAN3 rotate/translate) to uint8 images, in
-batches, on any generator backend.
+"""From per-image requests (a seed, or a latent z or w; psi, mixing, noise, class, StyleGAN3 rotate/translate) to
+uint8 images, in batches, on any generator backend.
 
 Owns SampleSpec validation against a model (make_spec; the checks that need no model are in ganserve.schema), the
-host-side batch inputs (z, class labels, z_mix, psi rows, mix masks, noise, input transforms) and the eager run.
+latents a request may give (check_latents), the host-side batch inputs (z, given ws, class labels, z_mix, psi rows,
+mix masks, noise, input transforms) and the eager run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from ganserve.models.latents import (
 from ganserve.models.stylegan3 import image_transform
 from ganserve.schema import (
     DEFAULT_MIX_LAYERS,
+    LATENT_MAX,
     check_noise,
     check_psi,
     check_rotate,
@@ -38,9 +40,15 @@ from ganserve.schema import (
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """One image: everything that determines its pixels besides the model."""
+    """One image: everything that determines its pixels besides the model.
 
-    seed: int
+    Its latent is the seed's z, or `z` when given (mapping, truncation and mixing apply as for a seed's), or `w`
+    when given: [num_ws, w_dim], the ws the synthesis network receives, used as given (no truncation, mixing or
+    class). A spec with z or w has no seed (None), and its noise is const or none (random noise is drawn from the
+    seed). The arrays are read-only and take no part in comparisons.
+    """
+
+    seed: int | None
     psi: float = 1.0
     mix_seed: int | None = None
     mix_layers: tuple[int, ...] = ()
@@ -49,10 +57,17 @@ class SampleSpec:
     class_idx: int | None = None  # the class label of a class-conditional model (c_dim > 0), else None
     rotate: float = 0.0  # StyleGAN3: degrees counter-clockwise
     translate: tuple[float, float] = (0.0, 0.0)  # StyleGAN3: (x, y) in units of the image
+    z: np.ndarray | None = field(default=None, compare=False, repr=False)  # [z_dim] float32 in place of the seed's
+    w: np.ndarray | None = field(default=None, compare=False, repr=False)  # [num_ws, w_dim] float32, used as given
 
     @property
     def transformed(self) -> bool:
         return self.rotate != 0 or self.translate != (0.0, 0.0)
+
+    @property
+    def label(self) -> str:
+        """How the image is named: "seed 42", "z", "w"."""
+        return f"seed {self.seed}" if self.seed is not None else "w" if self.w is not None else "z"
 
 
 def check_class(class_idx: object, c_dim: int) -> int | None:
@@ -86,10 +101,36 @@ def make_spec(
     class_idx: int | None = None,
     rotate: float | None = None,
     translate: tuple[float, float] | str | None = None,
+    z: np.ndarray | None = None,
+    w: np.ndarray | None = None,
 ) -> SampleSpec:
     """Validate one image's parameters (ganserve.schema.SPEC_PARAMS) against a model; raises SpecError naming the
     field, UnsupportedError for style mixing on a model without a w space. The one check of a request against its
-    model: the CLI, the library and the server (ganserve.serve.params.make_job) all come here."""
+    model: the CLI, the library and the server (ganserve.serve.params.make_job) all come here.
+
+    `z` or `w` (one row of check_latents' output) replace the seed, which is then None. With `w` the styles are used
+    as given: psi, truncation_cutoff, mixing and class are refused (truncate and mix before, e.g. with /latents).
+    """
+    if z is not None or w is not None:
+        z, w = _latent_row(config, z, w)
+        if seed is not None:
+            raise SpecError("give a seed or a latent, not both", field="seed")
+        if noise == "random":
+            raise SpecError("noise=random draws its noise from the seed; with z or w use noise const or none",
+                            field="noise")
+        if w is not None:
+            given = {"psi": psi not in (None, 1.0), "truncation_cutoff": truncation_cutoff is not None,
+                     "mix_seed": mix_seed is not None, "mix_layers": mix_layers is not None,
+                     "class": class_idx is not None}
+            bad = [k for k, v in given.items() if v]
+            if bad:
+                raise SpecError(f"{bad[0]} does not apply to w, which is used as given (truncate and mix before: "
+                                "/latents returns ws with them applied)", field=bad[0])
+            spec = make_spec(config, 0, noise=noise, rotate=rotate, translate=translate,
+                             class_idx=0 if config.c_dim else None)
+            return dataclasses.replace(spec, seed=None, class_idx=None, w=w)
+        spec = make_spec(config, 0, psi, mix_seed, mix_layers, noise, truncation_cutoff, class_idx, rotate, translate)
+        return dataclasses.replace(spec, seed=None, z=z)
     seed = check_seed(seed)
     psi = check_psi(psi)
     layers: tuple[int, ...] = ()
@@ -123,6 +164,66 @@ def make_specs(config: ModelConfig, seeds: Sequence[int], **params) -> list[Samp
     return [first] + [dataclasses.replace(first, seed=check_seed(s)) for s in seeds[1:]]
 
 
+def make_latent_specs(config: ModelConfig, z: object = None, w: object = None, max_count: int | None = None,
+                      **params) -> list[SampleSpec]:
+    """The same parameters for many latents: `z` [N, z_dim] or `w` [N, num_ws, w_dim] / [N, w_dim] (see
+    check_latents), validated once."""
+    z, w = check_latents(config, z, w, max_count)
+    rows = z if z is not None else w
+    first = make_spec(config, None, z=None if z is None else z[0], w=None if w is None else w[0], **params)
+    key = "z" if z is not None else "w"
+    return [first] + [dataclasses.replace(first, **{key: _read_only(r)}) for r in rows[1:]]
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a, np.float32)
+    a.flags.writeable = False
+    return a
+
+
+def check_latents(config: ModelConfig, z: object = None, w: object = None,
+                  max_count: int | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The latents of a request as float32 arrays: exactly one of `z` (a list of z vectors, [N, z_dim]) and `w`
+    (a list of per-layer ws [N, num_ws, w_dim], or of single w vectors [N, w_dim], each broadcast to every layer).
+    SpecError naming the field for a wrong shape, a non-finite number, none or more than `max_count` of them;
+    UnsupportedError for w on a model without a w space (ProGAN: its generator takes z only)."""
+    if (z is None) == (w is None):
+        raise SpecError("give exactly one of z and w", field="z" if z is None else "w")
+    name = "z" if z is not None else "w"
+    if name == "w" and not config.supports_mixing:
+        raise UnsupportedError(f"w needs a StyleGAN model; this one is {config.arch}, which has no w space: give z",
+                               field="w")
+    try:
+        a = np.asarray(z if z is not None else w, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SpecError(f"{name} must be a list of lists of numbers of equal length", field=name) from None
+    if name == "z":
+        want = f"[N, {config.z_dim}] (N vectors of z_dim={config.z_dim})"
+        if a.ndim == 1 and a.shape[0] == config.z_dim:
+            a = a[None]
+        ok = a.ndim == 2 and a.shape[1] == config.z_dim
+    else:
+        want = (f"[N, {config.num_ws}, {config.w_dim}] (num_ws x w_dim per image) or [N, {config.w_dim}] (one w "
+                "per image, used for every layer)")
+        if a.ndim == 2 and a.shape[1] == config.w_dim:
+            a = np.repeat(a[:, None], config.num_ws, axis=1)
+        ok = a.ndim == 3 and a.shape[1:] == (config.num_ws, config.w_dim)
+    if not ok or a.shape[0] == 0:
+        raise SpecError(f"{name} must have the shape {want}, got {list(a.shape)}", field=name)
+    if max_count is not None and a.shape[0] > max_count:
+        raise SpecError(f"too many latents: {a.shape[0]}, at most {max_count} per request", field=name)
+    if not np.isfinite(a).all() or np.abs(a).max() > LATENT_MAX:
+        raise SpecError(f"{name} must hold finite numbers of magnitude at most {LATENT_MAX:g}", field=name)
+    a = a.astype(np.float32)
+    return (a, None) if name == "z" else (None, a)
+
+
+def _latent_row(config: ModelConfig, z: object, w: object) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """One latent, checked as check_latents checks a list of them."""
+    z, w = check_latents(config, None if z is None else [z], None if w is None else [w])
+    return (None, _read_only(w[0])) if z is None else (_read_only(z[0]), None)
+
+
 @dataclass
 class BatchInputs:
     """Host-side arrays for one batch; row i belongs to specs[i]."""
@@ -135,6 +236,8 @@ class BatchInputs:
     noise_random: np.ndarray | None = None  # [N] bool: rows whose noise comes from `noise`, others use the buffers
     c: np.ndarray | None = None  # [N, c_dim] float32 one-hot class labels, only for class-conditional models
     transform: np.ndarray | None = None  # [N, 3, 3] float32 StyleGAN3 input transforms, only when some row has one
+    w: np.ndarray | None = None  # [N, num_ws, w_dim] float32 ws given as they are, only when some row has one
+    w_given: np.ndarray | None = None  # [N] bool: rows whose ws are `w` (the others are mapped from z)
 
     def __len__(self) -> int:
         return len(self.z)
@@ -145,12 +248,24 @@ def prepare_batch(specs: Sequence[SampleSpec], config: ModelConfig, noise_resolu
     psi = np.ones((n, num_ws), np.float32)
     for i, s in enumerate(specs):
         psi[i] = truncation_psi_rows([s.psi], num_ws, s.truncation_cutoff)[0]
-    inputs = BatchInputs(z=seeds_to_z([s.seed for s in specs], config.z_dim), psi=psi)
+    z = np.zeros((n, config.z_dim), np.float32)  # rows with a w stay zero: their mapping output is not used
+    for i, s in enumerate(specs):
+        if s.w is None:
+            z[i] = s.z if s.z is not None else seeds_to_z([s.seed], config.z_dim)[0]
+    inputs = BatchInputs(z=z, psi=psi)
+    if any(s.w is not None for s in specs):
+        inputs.w_given = np.array([s.w is not None for s in specs])
+        inputs.w = np.zeros((n, config.num_ws, config.w_dim), np.float32)
+        for i, s in enumerate(specs):
+            if s.w is not None:
+                inputs.w[i] = s.w
     if config.c_dim:
         inputs.c = np.zeros((n, config.c_dim), np.float32)
-        inputs.c[np.arange(n), [check_class(s.class_idx, config.c_dim) for s in specs]] = 1
+        mapped = [i for i, s in enumerate(specs) if s.w is None]
+        inputs.c[mapped, [check_class(specs[i].class_idx, config.c_dim) for i in mapped]] = 1
     if any(s.mix_seed is not None for s in specs):
-        inputs.z_mix = seeds_to_z([s.seed if s.mix_seed is None else s.mix_seed for s in specs], config.z_dim)
+        inputs.z_mix = np.stack([z[i] if s.mix_seed is None else seeds_to_z([s.mix_seed], config.z_dim)[0]
+                                 for i, s in enumerate(specs)])
         inputs.mix_mask = np.zeros((n, num_ws), bool)
         for i, s in enumerate(specs):
             inputs.mix_mask[i, list(s.mix_layers)] = True
@@ -177,7 +292,11 @@ def iter_batches(specs: Sequence[SampleSpec], batch_size: int) -> Iterator[Seque
 
 def batch_styles(mapping, w_avg: torch.Tensor, inputs: BatchInputs, device: torch.device | str) -> torch.Tensor:
     """ws [N, num_ws, w_dim] for one batch: `mapping` (z -> ws, or (z, c) -> ws for a class-conditional model; any
-    backend), then truncation and style_mixing. The mix seed's ws are mapped with the row's own class."""
+    backend), then truncation and style_mixing. The mix seed's ws are mapped with the row's own class. Rows given a
+    w take it as it is (a batch of only those runs no mapping)."""
+    given = None if inputs.w is None else torch.from_numpy(inputs.w).to(device)
+    if given is not None and inputs.w_given.all():
+        return given
     z = torch.from_numpy(inputs.z).to(device)
     c = None if inputs.c is None else torch.from_numpy(inputs.c).to(device)
     if inputs.z_mix is not None:
@@ -190,6 +309,8 @@ def batch_styles(mapping, w_avg: torch.Tensor, inputs: BatchInputs, device: torc
     if ws_mix is not None:
         mask = torch.from_numpy(inputs.mix_mask).to(device)
         ws = style_mixing(ws, truncation(ws_mix, w_avg, psi), mask)
+    if given is not None:
+        ws = torch.where(torch.from_numpy(inputs.w_given).to(device).view(-1, 1, 1), given.to(ws.dtype), ws)
     return ws
 
 

@@ -94,8 +94,12 @@ class TensorRTBackend(Backend):
             self.synthesis = _Engine(trt, folder / SYNTHESIS_ENGINE)
 
     @torch.inference_mode()
+    def styles(self, inputs: BatchInputs) -> torch.Tensor:
+        return batch_styles(self.mapping, self.w_avg, inputs, self.device)
+
+    @torch.inference_mode()
     def run(self, inputs: BatchInputs) -> torch.Tensor:
-        ws = batch_styles(self.mapping, self.w_avg, inputs, self.device)
+        ws = self.styles(inputs)
         if self.config.arch == "stylegan3":
             return to_uint8(self.synthesis(ws, batch_transform(inputs, self.device, explicit=True)))
         if not self.const_noise:

@@ -51,6 +51,10 @@ class TorchBackend(Backend):
             self.G = self.G.to(memory_format=torch.channels_last)
         self.noise_resolutions = self.G.noise_resolutions()
 
+    @torch.inference_mode()
+    def styles(self, inputs: BatchInputs) -> torch.Tensor:
+        return batch_styles(self.G.mapping, self.G.w_avg, inputs, self.device)
+
     def run(self, inputs: BatchInputs) -> torch.Tensor:
         if self.device.type == "cpu" and self.autocast is None and not self.half_layers:
             return run_eager(self.G, inputs, self.device)

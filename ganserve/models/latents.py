@@ -140,3 +140,50 @@ def parse_layers(spec: str | Sequence[int], resolution) -> tuple[int, ...]:
 def style_mixing(ws: torch.Tensor, ws_mix: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """ws[:, layers] = ws_mix[:, layers], `mask` [N, num_ws] bool marking each sample's mixed layers."""
     return torch.where(mask.unsqueeze(-1), ws_mix, ws)
+
+
+# -- interpolation -----------------------------------------------------------------------------------------------
+def lerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
+    """`steps` points from a to b in equal straight steps, [steps, *a.shape] float32; the first is a and the last
+    b, bit for bit."""
+    t = _fractions(steps).reshape(-1, *([1] * a.ndim))
+    out = ((1 - t) * a.astype(np.float64) + t * b.astype(np.float64)).astype(np.float32)
+    out[0], out[-1] = a, b
+    return out
+
+
+def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
+    """`steps` points from a to b along the great circle between them, radius going linearly from |a| to |b| (the
+    way latents drawn from a normal distribution are walked); [steps, dim] float32, the ends a and b bit for bit.
+    Nearly parallel vectors are walked in a straight line."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+    if na == 0 or nb == 0:
+        return lerp(a, b, steps)
+    cos = float(np.clip(np.dot(a64 / na, b64 / nb), -1.0, 1.0))
+    omega = math.acos(cos)
+    if math.sin(omega) < 1e-6:
+        return lerp(a, b, steps)
+    t = _fractions(steps)[:, None]
+    unit = (np.sin((1 - t) * omega) * (a64 / na) + np.sin(t * omega) * (b64 / nb)) / math.sin(omega)
+    out = (unit * ((1 - t) * na + t * nb)).astype(np.float32)
+    out[0], out[-1] = a, b
+    return out
+
+
+def _fractions(steps: int) -> np.ndarray:
+    if steps < 2:
+        raise SpecError(f"an interpolation needs at least 2 steps (its two ends), got {steps}", field="steps")
+    return np.linspace(0.0, 1.0, steps)
+
+
+def walk(points: Sequence[np.ndarray], steps: int, space: str, loop: bool = False) -> np.ndarray:
+    """Frames through `points` in order (and back to the first with `loop`): `steps` frames from each point to the
+    next, the next point itself starting the following leg, so a point appears once; the last point ends an open
+    walk, and a loop ends just before the first point (it repeats seamlessly). `space` "z": slerp, "w": lerp."""
+    legs = list(zip(points, points[1:])) + ([(points[-1], points[0])] if loop else [])
+    step = slerp if space == "z" else lerp
+    frames = [step(a, b, steps)[:-1] for a, b in legs]
+    if not loop:
+        frames.append(points[-1][None])
+    return np.concatenate(frames)
