@@ -22,7 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     opts = ServeOptions(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     if opts.api_key is None and os.environ.get("GANSERVE_API_KEY"):
         opts.api_key = os.environ["GANSERVE_API_KEY"]
-    for name in ("max_batch_size", "devices", "workers_per_device", "max_queue", "max_seeds"):
+    for name in ("max_batch_size", "devices", "workers_per_device", "max_queue", "max_seeds", "max_body_bytes"):
         if getattr(opts, name) is not None and getattr(opts, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if opts.batch_timeout_ms < 0:
@@ -78,7 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "with --backend torch)")
     p.add_argument("--max-queue", type=int, default=512,
                    help="images queued or on the device before new requests get 503 (default 512)")
-    p.add_argument("--max-seeds", type=int, default=1024, help="seeds per POST request; more is a 413 (default 1024)")
+    p.add_argument("--max-seeds", type=int, default=1024,
+                   help="seeds, latents or interpolation frames per request; more is a 413 (default 1024)")
+    p.add_argument("--max-body-bytes", type=int, default=8 << 20,
+                   help="request body size; more is a 413 (default 8 MiB: 40 ws of a 1024x1024 StyleGAN2 as JSON)")
     p.add_argument("--api-key", help="require this key in X-API-Key (or set GANSERVE_API_KEY); /health stays open")
     p.add_argument("--encode-threads", type=int, help="PNG/JPEG/WebP encoding threads (default: cores, at most 8)")
     p.add_argument("--cpu-threads", type=int,

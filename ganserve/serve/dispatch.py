@@ -55,11 +55,11 @@ class Dispatcher:
             return 1
         return int(min(60, max(1, math.ceil(self.depth / 2 / (len(self._done) / span)))))
 
-    async def generate(self, model: str, spec) -> ImageResult:
-        """One image: queue it, wait for its batch, return its pixels."""
+    async def generate(self, model: str, spec, *want: str) -> ImageResult:
+        """One image: queue it, wait for its batch, return its pixels (with `want` WS: its ws, a LatentResult)."""
         submitted = time.monotonic()
         try:
-            data = await self.server.submit((model, spec))
+            data = await self.server.submit((model, spec, *want))
         except WorkerError as e:
             raise _worker_error(e.error) from None
         self._done.append(time.monotonic())

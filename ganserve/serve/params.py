@@ -16,20 +16,31 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model
 
 from ganserve.errors import SpecError, UnsupportedError
-from ganserve.inference.sampling import SampleSpec, make_spec
+from ganserve.inference.sampling import SampleSpec, make_latent_specs, make_spec
 from ganserve.models.config import ModelConfig
 from ganserve.schema import (
+    ANIMATION_FORMATS,
+    BY_NAME,
+    FPS,
+    IMAGE_FORMATS,
     MAX_SEED,
     MODEL_NAME_PATTERN,  # noqa: F401 (ganserve.serve.server reads it from here)
     PARAMS,
     SEED,
     SEEDS,
+    SPACE,
     SPEC_PARAMS,
+    STEPS,
+    TO_SEED,
     Param,
+    W,
+    Z,
     parse_seeds,
 )
 
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
+Number = Annotated[float, Field(allow_inf_nan=False)]
+Vector = Annotated[list[Number], Field(min_length=1)]
 
 
 class ApiError(HTTPException):
@@ -70,19 +81,37 @@ GenerateQuery: type[BaseModel] = create_model(
 )
 GenerateBody: type[BaseModel] = create_model(
     "GenerateBody", __config__=ConfigDict(extra="forbid"),
-    __doc__="POST /generate: many images, streamed back as they are produced.",
+    __doc__="POST /generate: many images, streamed back as they are produced. Give exactly one of seeds, z and w.",
     seeds=(Annotated[list[Seed], Field(min_length=1)] | Annotated[str, Field(min_length=1, max_length=SEEDS.max_length)]
-           | Seed, Field(description=SEEDS.description)),
+           | Seed | None, Field(None, description=SEEDS.description)),
+    z=(Annotated[list[Vector], Field(min_length=1)] | None, Field(None, description=Z.description)),
+    w=(Annotated[list[Vector | Annotated[list[Vector], Field(min_length=1)]], Field(min_length=1)] | None,
+       Field(None, description=W.description)),
     **{p.name: _field(p, json=True) for p in PARAMS},
+)
+LATENT_PARAMS = ("psi", "mix_seed", "mix_layers", "truncation_cutoff", "class_idx", "model")  # what changes a w
+LatentsQuery: type[BaseModel] = create_model(
+    "LatentsQuery", __config__=ConfigDict(extra="forbid"),
+    __doc__="GET /latents: the z and w of a seed.",
+    seed=_field(SEED), **{name: _field(BY_NAME[name]) for name in LATENT_PARAMS},
+)
+INTERPOLATE_FORMAT = Param("format", str, "png or jpeg: the frames as multipart/mixed parts, in order; gif or webp: "
+                           "one animated file", default="png", choices=(*IMAGE_FORMATS[:2], *ANIMATION_FORMATS))
+InterpolateQuery: type[BaseModel] = create_model(
+    "InterpolateQuery", __config__=ConfigDict(extra="forbid"),
+    __doc__="GET /interpolate: frames from one seed's image to another's.",
+    seed=_field(dataclasses.replace(SEED, description="the seed the interpolation starts at")),
+    to_seed=_field(TO_SEED), steps=_field(STEPS), space=_field(SPACE), fps=_field(FPS),
+    **{p.name: _field(INTERPOLATE_FORMAT if p.name == "format" else p) for p in PARAMS},
 )
 
 
-def parse_query(query: Mapping[str, str]) -> BaseModel:
-    """GET /generate's query string as a GenerateQuery, the one parser of both its entries (routes.FastGet and the
-    FastAPI route); a parameter given twice counts with its last value, as FastAPI reads it. RequestValidationError,
-    located in "query" as FastAPI's own, when it does not validate."""
+def parse_query(query: Mapping[str, str], model: type[BaseModel] = GenerateQuery) -> BaseModel:
+    """A query string as `model` (GenerateQuery: GET /generate's, the one parser of both its entries, routes.FastGet
+    and the FastAPI route); a parameter given twice counts with its last value, as FastAPI reads it.
+    RequestValidationError, located in "query" as FastAPI's own, when it does not validate."""
     try:
-        return GenerateQuery.model_validate(dict(query))
+        return model.model_validate(dict(query))
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("query", *err["loc"])} for err in e.errors()]) from None
 
@@ -126,13 +155,44 @@ def parse_request_seeds(seeds: int | str | Sequence[int], max_seeds: int) -> lis
         raise ApiError(status, str(e), "seeds") from None
 
 
+def api_error(e: SpecError) -> ApiError:
+    """A SpecError as an ApiError naming its field: 400 when the model cannot honour the parameter at all (style
+    mixing or w on ProGAN), else 422."""
+    return ApiError(400 if isinstance(e, UnsupportedError) else 422, str(e), e.field)
+
+
+def spec_params(params: BaseModel, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """make_spec's keywords (SPEC_PARAMS, or those of them in `names`) that a validated request has."""
+    return {p.name: getattr(params, p.name) for p in SPEC_PARAMS
+            if hasattr(params, p.name) and (names is None or p.name in names)}
+
+
 def make_job(params: BaseModel, seeds: Sequence[int], models: Mapping[str, ModelConfig], default_model: str) -> Job:
     """Check `params` (a GenerateQuery or GenerateBody) against the requested model with make_spec, once for all
-    seeds, and build one SampleSpec per seed. A SpecError becomes an ApiError naming its field: 400 when the model
-    cannot honour the parameter at all (style mixing on ProGAN), else 422."""
+    seeds, and build one SampleSpec per seed; a SpecError becomes an ApiError (api_error)."""
     name, config = resolve_model(params.model, models, default_model)
     try:
-        first = make_spec(config, seeds[0], **{p.name: getattr(params, p.name) for p in SPEC_PARAMS})
+        first = make_spec(config, seeds[0], **spec_params(params))
     except SpecError as e:
-        raise ApiError(400 if isinstance(e, UnsupportedError) else 422, str(e), e.field) from None
+        raise api_error(e) from None
     return Job(name, [first] + [dataclasses.replace(first, seed=s) for s in seeds[1:]], params.format)
+
+
+def make_body_job(body: BaseModel, models: Mapping[str, ModelConfig], default_model: str, max_images: int) -> Job:
+    """POST /generate's job: from its seeds, or from its z or w (one SampleSpec per latent). 422 unless exactly
+    one of them is given, 413 for more than `max_images`."""
+    given = [k for k in ("seeds", "z", "w") if getattr(body, k) is not None]
+    if len(given) != 1:
+        field = given[1] if given else "seeds"
+        raise ApiError(422, f"give exactly one of seeds, z and w; got {' and '.join(given) or 'none'}", field)
+    if given[0] == "seeds":
+        return make_job(body, parse_request_seeds(body.seeds, max_images), models, default_model)
+    latents = getattr(body, given[0])
+    if len(latents) > max_images:
+        raise ApiError(413, f"too many latents: {len(latents)}, at most {max_images} per request", given[0])
+    name, config = resolve_model(body.model, models, default_model)
+    try:
+        specs = make_latent_specs(config, **{given[0]: latents}, **spec_params(body))
+    except SpecError as e:
+        raise api_error(e) from None
+    return Job(name, specs, body.format)

@@ -1,14 +1,18 @@
-"""The HTTP API of DESIGN.md on the inference server's FastAPI app: GET/POST /generate, /models, /health, /metrics.
+"""The HTTP API of DESIGN.md on the inference server's FastAPI app: GET/POST /generate, /latents, /interpolate,
+/models, /health, /metrics.
 
 Owns status codes, headers, JSON errors, the API-key check and the body-size limit; the work is done elsewhere.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -17,19 +21,30 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ganserve import multipart
+from ganserve.errors import SpecError
+from ganserve.imaging import ANIMATIONS, encode_animation
+from ganserve.inference.sampling import make_latent_specs, make_spec
 from ganserve.models.config import ModelConfig
-from ganserve.serve.batching import ImageResult
+from ganserve.models.latents import lerp, seed_to_z, slerp
+from ganserve.serve.batching import WS, ImageResult
 from ganserve.serve.dispatch import Dispatcher
 from ganserve.serve.encoding import Encoder, media_type
 from ganserve.serve.metrics import Metrics, RequestMetricsMiddleware
 from ganserve.serve.params import (
+    LATENT_PARAMS,
     ApiError,
     GenerateBody,
     GenerateQuery,
+    InterpolateQuery,
+    Job,
+    LatentsQuery,
+    api_error,
+    make_body_job,
     make_job,
     openapi_parameters,
     parse_query,
-    parse_request_seeds,
+    resolve_model,
+    spec_params,
 )
 
 OPEN_PATHS = ("/", "/health")  # reachable without the API key (the gallery page is static; it asks for the key)
@@ -45,7 +60,7 @@ ERRORS = {
     400: {"model": ErrorBody, "description": "a parameter this model cannot honour (style mixing on ProGAN)"},
     401: {"model": ErrorBody, "description": "missing or wrong API key (when the server has one)"},
     404: {"model": ErrorBody, "description": "no such model"},
-    413: {"model": ErrorBody, "description": "too many seeds, or a request body over the limit"},
+    413: {"model": ErrorBody, "description": "too many seeds, latents or frames, or a request body over the limit"},
     422: {"model": ErrorBody, "description": "a malformed or out-of-range parameter"},
     503: {"model": ErrorBody, "description": "the queue is full; see Retry-After"},
 }
@@ -83,6 +98,45 @@ class Service:
 
     def workers(self) -> tuple[int, int]:
         return self.server.workers_ready()
+
+    async def ws(self, model: str, specs: list) -> list[np.ndarray]:
+        """The ws [num_ws, w_dim] the workers' backend makes `specs`' images from (admitted as images are)."""
+        self.dispatcher.admit()
+        results = await asyncio.gather(*(self.dispatcher.generate(model, spec, WS) for spec in specs))
+        return [r.ws for r in results]
+
+    async def latents(self, params: BaseModel) -> dict:
+        """GET /latents' answer: the seed's z, and its ws after truncation and mixing (None without a w space)."""
+        name, config = resolve_model(params.model, self.configs, self.default_model)
+        try:
+            spec = make_spec(config, params.seed, **spec_params(params, LATENT_PARAMS))
+        except SpecError as e:
+            raise api_error(e) from None
+        w = (await self.ws(name, [spec]))[0].tolist() if config.supports_mixing else None
+        return {"seed": params.seed, "model": name, "z": seed_to_z(params.seed, config.z_dim).tolist(), "w": w}
+
+    async def interpolation(self, q: BaseModel) -> tuple[Job, str]:
+        """The frames of GET /interpolate as a job of latents, and the space they were walked in: in w (lerp between
+        the two seeds' ws as GET /latents gives them) or in z (slerp between their zs, mapped, truncated and mixed
+        as the seeds' are). Frame 0 is seed's image and the last to_seed's, bit for bit."""
+        name, config = resolve_model(q.model, self.configs, self.default_model)
+        if q.steps > self.max_seeds:
+            raise ApiError(413, f"too many steps: {q.steps}, at most {self.max_seeds} frames per request", "steps")
+        space = q.space or ("w" if config.supports_mixing else "z")
+        if space == "w" and not config.supports_mixing:
+            raise ApiError(400, f"space=w needs a StyleGAN model; this one is {config.arch}, which has no w space: use "
+                                "space=z", "space")
+        try:
+            first = make_spec(config, q.seed, **spec_params(q))  # every parameter checked as for /generate
+            if space == "z":
+                zs = slerp(seed_to_z(q.seed, config.z_dim), seed_to_z(q.to_seed, config.z_dim), q.steps)
+                return Job(name, make_latent_specs(config, z=zs, **spec_params(q)), q.format), space
+            frame = {k: v for k, v in spec_params(q).items() if k in ("noise", "rotate", "translate")}
+            make_latent_specs(config, w=np.zeros((1, config.w_dim), np.float32), **frame)  # noise=random: 422 now
+        except SpecError as e:
+            raise api_error(e) from None
+        w_a, w_b = await self.ws(name, [first, dataclasses.replace(first, seed=q.to_seed)])
+        return Job(name, make_latent_specs(config, w=lerp(w_a, w_b, q.steps), **frame), q.format), space
 
 
 UNION_HINTS = {
@@ -188,6 +242,51 @@ class FastGet:
         await response(scope, receive, send)
 
 
+# -- streams -----------------------------------------------------------------------------------------------------
+async def ordered(stream):
+    """The results of Dispatcher.stream (index, result), which come in order of completion, in index order."""
+    waiting, following = {}, 0
+    async for i, result in stream:
+        waiting[i] = result
+        while following in waiting:
+            yield waiting.pop(following)
+            following += 1
+
+
+async def _indexed(stream):
+    i = 0
+    async for item in stream:
+        yield i, item
+        i += 1
+
+
+def stream_images(svc: Service, job: Job, in_order: bool = False, headers: dict | None = None) -> StreamingResponse:
+    """`job`'s images as multipart/mixed, one part per image as it is encoded (in order with `in_order`); each part
+    has X-Index, X-Seed or X-Latent, X-Batch-Size and X-Generated-At. An error after the first byte becomes the last
+    part (X-Error)."""
+    boundary = multipart.new_boundary()
+    jobs = [(job.model, spec) for spec in job.specs]
+
+    async def parts():
+        try:
+            results = svc.dispatcher.stream(jobs, svc.window, then=lambda r: svc.image(r, job.model, job.format))
+            async for i, (result, data) in (_indexed(ordered(results)) if in_order else results):
+                spec = job.specs[i]
+                origin = {"X-Seed": str(spec.seed)} if spec.seed is not None else {"X-Latent": spec.label}
+                part_headers = {
+                    "Content-Type": media_type(job.format), **origin, "X-Index": str(i),
+                    "X-Batch-Size": str(result.batch_size), "X-Generated-At": f"{result.generated_at:.6f}",
+                }
+                yield multipart.part(boundary, part_headers, data)
+        except StarletteHTTPException as e:  # headers are sent already: the error becomes the last part
+            body = JSONResponse({"detail": str(e.detail), "status": e.status_code}).body
+            yield multipart.part(boundary, {"Content-Type": "application/json", "X-Error": str(e.status_code)}, body)
+        yield multipart.closing(boundary)
+
+    headers = {"X-Model": job.model, "X-Count": str(len(jobs)), **(headers or {})}
+    return StreamingResponse(parts(), media_type=multipart.content_type(boundary), headers=headers)
+
+
 # -- routes ----------------------------------------------------------------------------------------------------
 def install(app: FastAPI, svc: Service, api_key: str | None, max_body: int) -> None:
     """Add the routes below (the inference server's app comes without routes of its own for them)."""
@@ -213,31 +312,40 @@ def install(app: FastAPI, svc: Service, api_key: str | None, max_body: int) -> N
     @app.post("/generate", response_class=StreamingResponse, tags=["images"],
               responses={200: {"content": {"multipart/mixed": {}}, "description": "one part per image"}, **ERRORS})
     async def generate_many(body: GenerateBody) -> StreamingResponse:
-        """Many images, streamed as multipart/mixed in order of completion; each part has X-Seed and X-Index."""
-        seeds = parse_request_seeds(body.seeds, svc.max_seeds)
-        job = make_job(body, seeds, svc.configs, svc.default_model)
+        """Many images, from seeds or from latents (z or w), streamed as multipart/mixed in order of completion;
+        each part has X-Index (the position in the request) and X-Seed (for seeds) or X-Latent (z or w)."""
+        job = make_body_job(body, svc.configs, svc.default_model, svc.max_seeds)
         svc.dispatcher.admit()
-        boundary = multipart.new_boundary()
-        jobs = [(job.model, spec) for spec in job.specs]
+        return stream_images(svc, job)
 
-        async def parts():
-            try:
-                async for i, (result, data) in svc.dispatcher.stream(
-                    jobs, svc.window, then=lambda r: svc.image(r, job.model, job.format)
-                ):
-                    headers = {
-                        "Content-Type": media_type(job.format), "X-Seed": str(seeds[i]), "X-Index": str(i),
-                        "X-Batch-Size": str(result.batch_size), "X-Generated-At": f"{result.generated_at:.6f}",
-                    }
-                    yield multipart.part(boundary, headers, data)
-            except StarletteHTTPException as e:  # headers are sent already: the error becomes the last part
-                body = JSONResponse({"detail": str(e.detail), "status": e.status_code}).body
-                headers = {"Content-Type": "application/json", "X-Error": str(e.status_code)}
-                yield multipart.part(boundary, headers, body)
-            yield multipart.closing(boundary)
+    @app.get("/latents", tags=["latents"], responses=ERRORS,
+             openapi_extra={"parameters": openapi_parameters(LatentsQuery)})
+    async def latents(request: Request) -> dict:
+        """A seed's latents: `z` (z_dim numbers) and `w` (num_ws lists of w_dim numbers: what the synthesis network
+        receives, after truncation and mixing; null for ProGAN, which has no w space). POST /generate with this `w`
+        (or this `z` and the same parameters) gives the seed's image bit for bit."""
+        return await svc.latents(parse_query(request.query_params, LatentsQuery))
 
-        headers = {"X-Model": job.model, "X-Count": str(len(jobs))}
-        return StreamingResponse(parts(), media_type=multipart.content_type(boundary), headers=headers)
+    animations = {ANIMATIONS[f][1]: {} for f in ANIMATIONS}
+
+    @app.get("/interpolate", tags=["latents"], response_class=Response,
+             responses={200: {"content": {"multipart/mixed": {}, **animations},
+                              "description": "the frames in order, one part each, or one animated file"}, **ERRORS},
+             openapi_extra={"parameters": openapi_parameters(InterpolateQuery)})
+    async def interpolate(request: Request) -> Response:
+        """`steps` frames from `seed`'s image to `to_seed`'s, the first and last those images bit for bit: as
+        multipart/mixed parts in frame order (X-Index), or one looping animated GIF/WebP (format=gif|webp)."""
+        q = parse_query(request.query_params, InterpolateQuery)
+        job, space = await svc.interpolation(q)
+        svc.dispatcher.admit()
+        if q.format in ANIMATIONS:
+            frames = [r.pixels async for r in ordered(svc.dispatcher.stream([(job.model, s) for s in job.specs],
+                                                                            svc.window))]
+            data = await asyncio.to_thread(encode_animation, frames, q.format, q.fps)
+            svc.metrics.images.labels(job.model, q.format).inc(len(frames))
+            headers = {"X-Model": job.model, "X-Count": str(len(frames)), "X-Space": space}
+            return Response(data, media_type=ANIMATIONS[q.format][1], headers=headers)
+        return stream_images(svc, job, in_order=True, headers={"X-Space": space})
 
     @app.get("/", response_class=HTMLResponse, tags=["server"])
     async def gallery() -> HTMLResponse:

@@ -43,8 +43,8 @@ class ServeOptions:
     devices: int = 1
     workers_per_device: int | None = None  # default: 1 per GPU; on the CPU one per core (at most 4 for torch)
     max_queue: int = 512  # images queued or on the device before new requests get 503
-    max_seeds: int = 1024  # per POST request; more is a 413
-    max_body_bytes: int = 1 << 20
+    max_seeds: int = 1024  # seeds, latents or interpolation frames per request; more is a 413
+    max_body_bytes: int = 8 << 20
     api_key: str | None = None
     encode_threads: int | None = None
     cpu_threads: int | None = None  # per worker on CPU; default: the cores less one, shared among the workers (>= 1)
