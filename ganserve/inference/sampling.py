@@ -193,23 +193,32 @@ def check_latents(config: ModelConfig, z: object = None, w: object = None,
     if name == "w" and not config.supports_mixing:
         raise UnsupportedError(f"w needs a StyleGAN model; this one is {config.arch}, which has no w space: give z",
                                field="w")
-    try:
-        a = np.asarray(z if z is not None else w, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise SpecError(f"{name} must be a list of lists of numbers of equal length", field=name) from None
+    given = z if z is not None else w
     if name == "z":
         want = f"[N, {config.z_dim}] (N vectors of z_dim={config.z_dim})"
-        if a.ndim == 1 and a.shape[0] == config.z_dim:
-            a = a[None]
-        ok = a.ndim == 2 and a.shape[1] == config.z_dim
+        one = (config.z_dim,)
     else:
         want = (f"[N, {config.num_ws}, {config.w_dim}] (num_ws x w_dim per image) or [N, {config.w_dim}] (one w "
                 "per image, used for every layer)")
-        if a.ndim == 2 and a.shape[1] == config.w_dim:
-            a = np.repeat(a[:, None], config.num_ws, axis=1)
-        ok = a.ndim == 3 and a.shape[1:] == (config.num_ws, config.w_dim)
-    if not ok or a.shape[0] == 0:
-        raise SpecError(f"{name} must have the shape {want}, got {list(a.shape)}", field=name)
+        one = (config.num_ws, config.w_dim)
+    if isinstance(given, np.ndarray) and given.ndim == 1:  # one z, or one w for every layer
+        given = given[None]
+    rows = []
+    for i, item in enumerate(given if isinstance(given, (list, tuple, np.ndarray)) else [given]):
+        try:
+            row = np.asarray(item, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise SpecError(f"{name}[{i}] is not a list of numbers; {name} must have the shape {want}",
+                            field=name) from None
+        if name == "w" and row.shape == (config.w_dim,):
+            row = np.repeat(row[None], config.num_ws, axis=0)
+        if row.shape != one:
+            raise SpecError(f"{name}[{i}] has the shape {list(row.shape)}; {name} must have the shape {want}",
+                            field=name)
+        rows.append(row)
+    if not rows:
+        raise SpecError(f"{name} is empty: it must have the shape {want}", field=name)
+    a = np.stack(rows)
     if max_count is not None and a.shape[0] > max_count:
         raise SpecError(f"too many latents: {a.shape[0]}, at most {max_count} per request", field=name)
     if not np.isfinite(a).all() or np.abs(a).max() > LATENT_MAX:
