@@ -141,43 +141,46 @@ def cmd_init(args: argparse.Namespace) -> None:
 def read_latent_file(path: str, name: str) -> np.ndarray:
     """The array of a --z/--w FILE: a .npy file, or the array `name` of an .npz file (what `ganserve latents`
     writes). UsageError naming the flag when the file cannot be read as one; its shape and values are checked against
-    the model after (make_latent_specs)."""
+    the model after (latent_specs)."""
     flag, p = f"--{name}", Path(path)
     suffix = p.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise UsageError(f"{flag} {path}: give a .npy file or an .npz file holding an array named {name!r}")
     if not p.is_file():
         raise UsageError(f"{flag} {path}: no such file")
+    held: list[str] = []
     try:
         if suffix == ".npy":
             array = np.load(p, allow_pickle=False)
         else:
             with np.load(p, allow_pickle=False) as data:
-                if name not in data.files:
-                    held = ", ".join(data.files) or "none"
-                    raise UsageError(f"{flag} {path}: the .npz file holds no array named {name!r} (it holds: {held})")
-                array = data[name]
+                held = list(data.files)
+                array = data[name] if name in held else None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        if isinstance(e, UsageError):
-            raise
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UsageError(f"{flag} {path}: not a readable {suffix} array of numbers ({reason})") from None
+    if array is None:
+        raise UsageError(f"{flag} {path}: the .npz file holds no array named {name!r} (it holds: "
+                         f"{', '.join(held) or 'none'})")
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
         raise UsageError(f"{flag} {path}: expected an array of numbers, got {getattr(array, 'dtype', type(array))}")
     return array
 
 
-def latent_specs_from_file(config: ModelConfig, name: str, path: str, **params) -> list:
-    """The specs of the latents in a --z or --w file, with the image parameters `params`; errors about the latents
-    name the flag and the file."""
+def latent_specs(config: ModelConfig, name: str, path: str, array: np.ndarray, **params) -> list:
+    """The specs of the latents `array` of a --z or --w file, with the image parameters `params`; the errors name the
+    flag at fault."""
     from ganserve.inference.sampling import make_latent_specs
 
-    array = read_latent_file(path, name)
     try:
         return make_latent_specs(config, **{name: array}, **params)
     except SpecError as e:
         if e.field in ("z", "w"):
             raise UsageError(f"--{name} {path}: {e}") from None
+        if name == "w" and e.field in ("psi", "truncation_cutoff", "mix_seed", "mix_layers", "class"):
+            flag = "--" + e.field.replace("_", "-")
+            raise UsageError(f"{flag} does not apply to --w, whose ws are used as given: apply it when making them "
+                             f"(ganserve latents {flag} ...)") from None
         raise
 
 
@@ -198,14 +201,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise UsageError(f"--batch-size: batch size must be at least 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    name = "z" if args.z is not None else "w"
+    latents = read_latent_file(getattr(args, name), name) if seeds is None else None
     backend = load_backend(args.model or default_model(), args.backend, args.device, precision=args.precision)
     if backend.device.type == "cpu":
         keep_freed_memory()  # the batches' buffers are reused instead of faulted in afresh
-    if args.seeds is not None:
-        specs = make_specs(backend.config, parse_seeds(args.seeds), **spec_kwargs(args))
+    if seeds is not None:
+        specs = make_specs(backend.config, seeds, **spec_kwargs(args))
     else:
-        name = "z" if args.z is not None else "w"
-        specs = latent_specs_from_file(backend.config, name, getattr(args, name), **spec_kwargs(args))
+        specs = latent_specs(backend.config, name, getattr(args, name), latents, **spec_kwargs(args))
     workers = args.workers or default_generate_workers(backend)
     desc = f"generate ({backend.describe()}" + (f", {workers} processes)" if workers > 1 else ")")
     with tqdm(total=len(specs), unit="img", desc=desc, disable=args.quiet) as bar:
@@ -231,6 +236,7 @@ def cmd_latents(args: argparse.Namespace) -> None:
     from ganserve.inference.registry import load_backend
     from ganserve.inference.sampling import iter_batches, make_specs
     from ganserve.models.latents import seeds_to_z
+    from ganserve.models.weights import load_config, resolve_model
 
     out = Path(args.out)
     if out.suffix.lower() != ".npz":
@@ -238,12 +244,13 @@ def cmd_latents(args: argparse.Namespace) -> None:
     if out.is_dir():
         raise UsageError(f"--out {args.out} is a folder: give a file name ending in .npz")
     seeds = parse_seeds(args.seeds)
-    backend = load_backend(args.model or default_model(), args.backend, args.device)
-    config = backend.config
+    model = args.model or default_model()
+    config = load_config(resolve_model(model))  # a ProGAN's latents need no backend: they are the seeds' zs
     params = spec_kwargs(args)
     specs = make_specs(config, seeds, **params)  # checks every parameter against the model
     arrays = {"seeds": np.asarray(seeds, np.int64), "z": seeds_to_z(seeds, config.z_dim)}
     if config.supports_mixing:
+        backend = load_backend(model, args.backend, args.device)
         ws = []
         with tqdm(total=len(specs), unit="seed", desc=f"latents ({backend.describe()})", disable=args.quiet) as bar:
             for batch in iter_batches(specs, LATENTS_CHUNK):
@@ -279,6 +286,8 @@ def _output_kind(out: Path) -> str:
     """What --out of `interpolate` is: gif, webp, mp4 (one file) or dir (a folder of frames)."""
     suffix = out.suffix.lower().lstrip(".")
     if out.is_dir() or not suffix:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} is a file: give a folder for the frames, or a .gif, .webp or .mp4 file")
         return "dir"
     if suffix in ANIMATION_FORMATS or suffix in VIDEO_FORMATS:
         return suffix

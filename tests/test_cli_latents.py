@@ -128,7 +128,8 @@ def test_progan_latents_hold_z_only_and_generate_z_gives_the_seeds_images(model_
     ("zstr.npy", [], "array of numbers"),
     ("garbage.npy", [], "not a readable"),
     ("onlyz.npz", ["--w"], "holds no array named 'w' (it holds: z)"),
-    ("w.npy", ["--w", "--psi", "0.5"], "psi"),
+    ("w.npy", ["--w", "--psi", "0.5"], "--psi does not apply to --w"),
+    ("w.npy", ["--w", "--mix-seed", "3"], "--mix-seed does not apply to --w"),
     ("w.npy", ["--w", "--noise", "random"], "noise"),
     ("z.npy", ["--noise", "random"], "noise"),
     ("wshape.npy", ["--w"], "--w"),  # [2, 5, 32]: not num_ws layers
@@ -251,11 +252,14 @@ def test_stylegan3_frames_turn_with_rotate_and_others_refuse_it(tmp_path, capsys
     (["--seeds", "1,2", "--batch-size", "0"], "walk.gif", "--batch-size"),
     (["--seeds", "1,2", "--psi", "5"], "walk.gif", "psi"),
     (["--seeds", "1,2"], "walk.png", ".gif, .webp, .mp4"),
+    (["--seeds", "1,2"], "afile", "is a file"),
 ])
 def test_interpolate_errors_are_one_line(model_dirs, tmp_path, capsys, flags, out, message):
+    if out == "afile":
+        (tmp_path / out).write_bytes(b"kept")
     line = fails(capsys, "interpolate", "--model", model_dirs["stylegan"], "--out", tmp_path / out, *CPU, *flags)
     assert message in line
-    assert not (tmp_path / out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["afile"] if out == "afile" else [])
 
 
 def test_interpolation_specs_is_a_library_function(model_dirs):
