@@ -295,3 +295,25 @@ def test_mp4_holds_every_frame(model_dirs, tmp_path, capsys):
         reader.close()
     assert len(frames) == 9 and frames[0].shape == (16, 16, 3)
     assert [p.name for p in tmp_path.iterdir()] == ["walk.mp4"]  # no temporary file left beside it
+
+
+def test_class_conditional_stylegan2_walks_and_latents_keep_the_class(tmp_path, capsys):
+    """The class decides the ws: it goes into the ws of `latents` and of a w walk, and is refused with --w."""
+    model = tmp_path / "cond"
+    ok(capsys, "init", "--arch", "stylegan2", "--resolution", "16", "--z-dim", "16", "--w-dim", "16",
+       "--channel-base", "256", "--channel-max", "32", "--mapping-layers", "2", "--c-dim", "3", "--out", model)
+    generate_seeds(capsys, str(model), "1,2", tmp_path / "seeds", "--class", "2", "--psi", "0.8")
+    ok(capsys, "interpolate", "--model", model, "--seeds", "1,2", "--steps", "3", "--no-loop", "--class", "2",
+       "--psi", "0.8", "--out", tmp_path / "frames", "--quiet", *CPU)
+    ok(capsys, "latents", "--model", model, "--seeds", "1,2", "--class", "2", "--psi", "0.8", "--out",
+       tmp_path / "l.npz", "--quiet", *CPU)
+    ok(capsys, "generate", "--model", model, "--w", tmp_path / "l.npz", "--outdir", tmp_path / "w", "--workers", "1",
+       "--quiet", *CPU)
+    for seed, frame, latent in ((1, 0, 0), (2, 2, 1)):
+        want = (tmp_path / "seeds" / f"seed{seed:04d}.png").read_bytes()
+        assert (tmp_path / "frames" / f"frame{frame:04d}.png").read_bytes() == want
+        assert (tmp_path / "w" / f"latent{latent:04d}.png").read_bytes() == want
+    assert "class" in fails(capsys, "interpolate", "--model", model, "--seeds", "1,2", "--out", tmp_path / "x.gif",
+                            *CPU)
+    assert "--class does not apply to --w" in fails(capsys, "generate", "--model", model, "--w", tmp_path / "l.npz",
+                                                    "--class", "1", "--outdir", tmp_path / "x", *CPU)
