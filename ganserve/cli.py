@@ -275,9 +275,9 @@ def cmd_latents(args: argparse.Namespace) -> None:
 
 
 # -- interpolate -----------------------------------------------------------------------------------------------
-# The image parameters of an interpolation (noise const or none: random noise is drawn from a seed, and the frames
-# between seeds have none); the file format follows --out.
-INTERPOLATE_PARAMS = (*LATENT_PARAMS, "noise", "rotate", "translate")
+# The shared image flags of an interpolation; --noise is its own (const or none: random noise is drawn from a seed,
+# and the frames between seeds have none), and the file format follows --out.
+INTERPOLATE_PARAMS = (*LATENT_PARAMS, "rotate", "translate")
 VIDEO_FORMATS = ("mp4",)
 FRAME_FORMAT = "png"  # the files of a folder of frames
 
@@ -480,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end with a leg back towards the first seed, stopping one frame short of it, so that the "
                         "animation repeats seamlessly (default); --no-loop ends at the last seed")
     add_flags(p, INTERPOLATE_PARAMS)
+    p.add_argument("--noise", dest="noise", choices=("const", "none"),
+                   help="const (the saved noise maps, the default) or none (StyleGAN); random noise is drawn from "
+                        "an image's seed, and the frames between seeds have none")
     _add_backend_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_interpolate)

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from ganserve.cli import main
+from ganserve.errors import SpecError
 from ganserve.inference.registry import load_backend
 from ganserve.inference.walks import interpolation_specs, walk_frames
 
@@ -246,7 +247,6 @@ def test_stylegan3_frames_turn_with_rotate_and_others_refuse_it(tmp_path, capsys
     (["--seeds", "1,2", "--steps", "1"], "walk.gif", "--steps"),
     (["--seeds", "1,2", "--fps", "0"], "walk.gif", "--fps"),
     (["--seeds", "1,2", "--fps", "nan"], "walk.gif", "--fps"),
-    (["--seeds", "1,2", "--noise", "random"], "walk.gif", "noise"),
     (["--seeds", "1,2", "--rotate", "10"], "walk.gif", "rotate needs a StyleGAN3 model"),
     (["--seeds", "1,2", "--translate", "0.1,0"], "walk.gif", "translate needs a StyleGAN3 model"),
     (["--seeds", "1,2", "--batch-size", "0"], "walk.gif", "--batch-size"),
@@ -262,6 +262,16 @@ def test_interpolate_errors_are_one_line(model_dirs, tmp_path, capsys, flags, ou
     assert sorted(p.name for p in tmp_path.iterdir()) == (["afile"] if out == "afile" else [])
 
 
+def test_interpolate_offers_noise_const_and_none_only(model_dirs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["interpolate", "--model", model_dirs["stylegan"], "--seeds", "1,2", "--noise", "random", "--out",
+              str(tmp_path / "walk.gif")])
+    assert e.value.code == 2 and "invalid choice: 'random'" in capsys.readouterr().err
+    ok(capsys, "interpolate", "--model", model_dirs["stylegan"], "--seeds", "1,2", "--steps", "2", "--noise", "none",
+       "--out", tmp_path / "walk.gif", "--quiet", *CPU)
+    assert Image.open(tmp_path / "walk.gif").n_frames == 2
+
+
 def test_interpolation_specs_is_a_library_function(model_dirs):
     backend = load_backend(model_dirs["stylegan"], "torch", "cpu")
     specs = interpolation_specs(backend, [1, 2, 3], 5, psi=0.5, noise="none")
@@ -269,6 +279,12 @@ def test_interpolation_specs_is_a_library_function(model_dirs):
     assert all(s.seed is None and s.w is not None and s.noise == "none" for s in specs)
     z_specs = interpolation_specs(backend, [1, 2], 3, space="z", loop=False, psi=0.5)
     assert len(z_specs) == 3 and all(s.z is not None and s.psi == 0.5 for s in z_specs)
+    with pytest.raises(SpecError) as e:
+        interpolation_specs(backend, [1, 2], 3, noise="random")
+    assert e.value.field == "noise"
+    with pytest.raises(SpecError) as e:
+        interpolation_specs(backend, [1], 3)
+    assert e.value.field == "seeds"
 
 
 # -- mp4 --------------------------------------------------------------------------------------------------------
