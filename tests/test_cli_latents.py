@@ -94,6 +94,26 @@ def test_generate_w_from_latents_writes_the_pngs_of_generate_seeds(model_dirs, t
     assert (tmp_path / "npy" / "latent0001.png").read_bytes() == (tmp_path / "seeds" / "seed0007.png").read_bytes()
 
 
+def test_latent_files_in_worker_processes_are_named_by_their_place_in_the_file(model_dirs, tmp_path, capsys):
+    """--workers 2: each process takes batches of latents; the files are named by the place in the file all the
+    same, with the pixels of one process."""
+    model = model_dirs["stylegan"]
+    z = np.random.RandomState(0).randn(5, 32).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    for workers in ("1", "2"):
+        ok(capsys, "generate", "--model", model, "--z", tmp_path / "z.npy", "--outdir", tmp_path / workers,
+           "--workers", workers, "--batch-size", "2", "--quiet", *CPU)
+    names = [f"latent{i:04d}.png" for i in range(5)]
+    assert sorted(p.name for p in (tmp_path / "2").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+    # row 3 of the file is the image of its own one-row file
+    np.save(tmp_path / "z3.npy", z[3])  # one [z_dim] vector
+    ok(capsys, "generate", "--model", model, "--z", tmp_path / "z3.npy", "--outdir", tmp_path / "one", "--workers",
+       "1", "--quiet", *CPU)
+    assert (tmp_path / "one" / "latent0000.png").read_bytes() == (tmp_path / "1" / "latent0003.png").read_bytes()
+
+
 def test_progan_latents_hold_z_only_and_generate_z_gives_the_seeds_images(model_dirs, tmp_path, capsys):
     model = model_dirs["progan"]
     out = ok(capsys, "latents", "--model", model, "--seeds", "0-2", "--out", tmp_path / "p.npz", *CPU)
