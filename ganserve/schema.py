@@ -112,19 +112,22 @@ BY_NAME = {p.name: p for p in (SEED, *PARAMS)}
 
 
 # -- the command line and the client ----------------------------------------------------------------------------
-def add_flags(parser: argparse.ArgumentParser) -> None:
+def add_flags(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
     """The flags of every parameter with a `cli_help` (the image parameters and --format), as `generate` and
-    `sample` take them. Left out, a parameter is None (--format: png): make_spec or the server picks its default."""
+    `sample` take them; with `names`, only those parameters' flags (a command that offers some of them). Left out, a
+    parameter is None (--format: png): make_spec or the server picks its default."""
+    wanted = None if names is None else set(names)
     for p in PARAMS:
-        if p.cli_help is not None:
+        if p.cli_help is not None and (wanted is None or p.name in wanted):
             default = p.default if p.name == "format" else None  # the extension of the files both commands write
             parser.add_argument(p.flag, dest=p.name, type=p.type, choices=p.choices, default=default,
                                 metavar=p.metavar, help=p.cli_help)
 
 
 def spec_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    """The image parameters given on the command line, as make_spec's keywords."""
-    return {p.name: getattr(args, p.name) for p in SPEC_PARAMS if getattr(args, p.name) is not None}
+    """The image parameters given on the command line, as make_spec's keywords (a flag the command does not offer
+    counts as not given)."""
+    return {p.name: getattr(args, p.name) for p in SPEC_PARAMS if getattr(args, p.name, None) is not None}
 
 
 def http_params(**params: object) -> dict[str, object]:
@@ -166,6 +169,11 @@ def check_seed(seed: object, name: str = "seed") -> int:
 def image_filename(seed: int, fmt: str) -> str:
     """The file `ganserve generate` and `ganserve sample` write an image to: seed0042.png."""
     return f"seed{seed:04d}.{fmt}"
+
+
+def latent_filename(index: int, fmt: str) -> str:
+    """The file `ganserve generate --z/--w` writes the image of a file's latent number `index` to: latent0000.png."""
+    return f"latent{index:04d}.{fmt}"
 
 
 def parse_seeds(spec: str | int | Iterable[int], max_count: int | None = None) -> list[int]:

@@ -17,16 +17,22 @@ from ganserve.devices import cpu_cores, cpu_threads_per_worker, setup_cpu_infere
 from ganserve.imaging import encode
 from ganserve.inference.backend import Backend
 from ganserve.inference.sampling import SampleSpec, iter_batches
-from ganserve.schema import image_filename
+from ganserve.schema import image_filename, latent_filename
 
 _worker_backend: Backend | None = None  # the backend of a worker process (set by _start_worker)
 
 
-def _write_batch(backend: Backend, specs: Sequence[SampleSpec], outdir: Path, fmt: str,
+def spec_filename(spec: SampleSpec, index: int, fmt: str) -> str:
+    """The file of the image of `spec`, number `index` of its list: seed0042.png for a seed, latent0003.png for a
+    given z or w (which has no seed: it is named by its place in the list)."""
+    return image_filename(spec.seed, fmt) if spec.seed is not None else latent_filename(index, fmt)
+
+
+def _write_batch(backend: Backend, specs: Sequence[SampleSpec], start: int, outdir: Path, fmt: str,
                  keep: bool) -> tuple[int, np.ndarray | None]:
     pixels = backend.generate(specs)
-    for spec, image in zip(specs, pixels):
-        (outdir / image_filename(spec.seed, fmt)).write_bytes(encode(image, fmt))
+    for i, (spec, image) in enumerate(zip(specs, pixels)):
+        (outdir / spec_filename(spec, start + i, fmt)).write_bytes(encode(image, fmt))
     return len(specs), pixels if keep else None
 
 
@@ -38,9 +44,9 @@ def _start_worker(name: str, model_dir: str, device: str, options: dict, threads
     _worker_backend = load_backend(model_dir, name, device, **options)
 
 
-def _worker_batch(specs, outdir: Path, fmt: str, keep: bool) -> tuple[int, np.ndarray | None]:
+def _worker_batch(specs, start: int, outdir: Path, fmt: str, keep: bool) -> tuple[int, np.ndarray | None]:
     assert _worker_backend is not None
-    return _write_batch(_worker_backend, specs, outdir, fmt, keep)
+    return _write_batch(_worker_backend, specs, start, outdir, fmt, keep)
 
 
 def default_generate_workers(backend: Backend) -> int:
@@ -51,18 +57,20 @@ def default_generate_workers(backend: Backend) -> int:
 def write_images(backend: Backend, specs: Sequence[SampleSpec], outdir: Path, fmt: str = "png",
                  batch_size: int = 32, workers: int = 1, keep: bool = False,
                  progress: Callable[[int], None] = lambda n: None) -> np.ndarray | None:
-    """Generate `specs` with `backend` and write OUTDIR/seedNNNN.FMT for each; with `keep` also return the pixels
+    """Generate `specs` with `backend` and write OUTDIR/seedNNNN.FMT for each (latentNNNN.FMT, NNNN its place in
+    `specs`, for a spec with a z or w in place of a seed); with `keep` also return the pixels
     [N, H, W, C] in spec order. With workers > 1 (and more than one batch to share) that many processes each load
     the same backend (from backend.model_dir: a model directory or the export the backend runs) and take batches
     of at most `batch_size`, as many as needed to give each a share. `progress(n)` is called as n images are done."""
     outdir.mkdir(parents=True, exist_ok=True)
     size = max(1, min(batch_size, math.ceil(len(specs) / max(1, workers))))  # a share for every process
     batches = list(iter_batches(specs, size))
+    starts = [i * size for i in range(len(batches))]
     workers = min(workers, len(batches))
     results: list[np.ndarray | None] = []
     if workers <= 1:
-        for batch in batches:
-            n, pixels = _write_batch(backend, batch, outdir, fmt, keep)
+        for start, batch in zip(starts, batches):
+            n, pixels = _write_batch(backend, batch, start, outdir, fmt, keep)
             results.append(pixels)
             progress(n)
     else:
@@ -70,7 +78,8 @@ def write_images(backend: Backend, specs: Sequence[SampleSpec], outdir: Path, fm
         init = (backend.name, str(backend.model_dir), str(backend.device), options, cpu_threads_per_worker(workers))
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
                                  initargs=init) as pool:
-            futures = [pool.submit(_worker_batch, batch, outdir, fmt, keep) for batch in batches]
+            futures = [pool.submit(_worker_batch, batch, start, outdir, fmt, keep)
+                       for start, batch in zip(starts, batches)]
             for future in futures:
                 n, pixels = future.result()
                 results.append(pixels)
