@@ -11,7 +11,6 @@ of the rounds. Reals are random uint8 images (the data does not change the cost 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import statistics
@@ -36,7 +35,7 @@ from ganserve.train.step import TrainStep  # noqa: E402
 
 # The bundled stylegan-emoji64's flags (README: Reproduce the bundled models)
 BUNDLED = dict(arch="stylegan", resolution=64, z_dim=128, w_dim=128, fmap_base=768, fmap_max=128, fade_kimg=8,
-               stab_kimg=8, final_kimg=200, loss="wgan_gp", style_mixing_prob=0.5, batch_sizes="16", ema_kimg=1,
+               stab_kimg=8, final_kimg=200, loss="wgan_gp", style_mixing_prob=0.5, batch_sizes={64: 16}, ema_kimg=1,
                workers=0)
 VARIANTS = {
     "baseline": {},
@@ -51,7 +50,7 @@ def make_step(variant: str, data: Path, out: Path, overrides: dict) -> tuple[Tra
     run = resolve(cfg)
     device = torch.device("cpu")
     nets = Networks(run, device)
-    step = TrainStep(run, nets, make_loss(run.cfg, run.model_config), DistInfo(), device)
+    step = TrainStep(run, nets, make_loss(run.cfg), DistInfo(), device)
     options = VARIANTS[variant]
     step.amp = options.get("amp", False)
     if options.get("channels_last"):
@@ -87,7 +86,7 @@ def main() -> None:
     data = tmp / "data"
     data.mkdir()
     Image.new("RGB", (64, 64)).save(data / "0.png")
-    overrides = {"batch_sizes": str(args.batch)}
+    overrides = {"batch_sizes": {64: args.batch}}
     names = [args.profile] if args.profile else args.variants.split(",")
     steps = {name: make_step(name, data, tmp / name, overrides) for name in names}
     for name, (step, phase, reals) in steps.items():
@@ -113,8 +112,7 @@ def main() -> None:
                               "torch": torch.__version__},
                   "config": {**BUNDLED, **overrides}, "steps": args.steps, "rounds": args.rounds,
                   "img_per_s": rates}
-        Path(args.out).write_text(json.dumps(dataclasses.asdict(result) if dataclasses.is_dataclass(result)
-                                             else result, indent=1))
+        Path(args.out).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -124,8 +124,8 @@ def make_spec(
                      "class": class_idx is not None}
             bad = [k for k, v in given.items() if v]
             if bad:
-                raise SpecError(f"{bad[0]} does not apply to w, which is used as given (truncate and mix before: "
-                                "/latents returns ws with them applied)", field=bad[0])
+                raise SpecError(f"{bad[0]} does not apply to w, which is used as given (truncate and mix when you "
+                                "take the ws: GET /latents and `ganserve latents` apply them)", field=bad[0])
             spec = make_spec(config, 0, noise=noise, rotate=rotate, translate=translate,
                              class_idx=0 if config.c_dim else None)
             return dataclasses.replace(spec, seed=None, class_idx=None, w=w)
