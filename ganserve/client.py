@@ -94,10 +94,19 @@ def _as_latents(body: dict) -> dict:
     return {**body, "z": np.asarray(body["z"], np.float32), "w": None if w is None else np.asarray(w, np.float32)}
 
 
+def _broadcast_ws(ws: list) -> list:
+    """ws of both forms, [num_ws, w_dim] and [w_dim], all as [num_ws, w_dim] (one request takes one form only)."""
+    shapes = [np.shape(w) for w in ws]
+    full = next((s for s in shapes if len(s) == 2), None)
+    if full is None or all(len(s) == 2 for s in shapes):
+        return ws
+    return [np.broadcast_to(np.asarray(w), full).tolist() if len(s) == 1 else w for w, s in zip(ws, shapes)]
+
+
 def _one_of_z_w(z: object, w: object) -> tuple[str, list]:
     if (z is None) == (w is None):
         raise ValueError("give exactly one of z and w")
-    return ("z", _latent_list(z)) if z is not None else ("w", _latent_list(w))
+    return ("z", _latent_list(z)) if z is not None else ("w", _broadcast_ws(_latent_list(w)))
 
 
 @dataclass
@@ -273,7 +282,8 @@ class Client:
     ) -> Iterator[tuple[int, bytes]]:
         """(index, encoded image) for every latent, as they arrive (not in order). Exactly one of `z`: a list of z
         vectors ([N, z_dim]; mapping, truncation and mixing apply as for seeds) and `w`: a list of ws, each
-        [num_ws, w_dim] (as latents() gives) or [w_dim] (used for every layer), taken as given."""
+        [num_ws, w_dim] (as latents() gives) or [w_dim] (used for every layer), taken as given. One latent is a list
+        of one. Long lists are split into requests of at most `chunk_size`; indices are positions in `z` or `w`."""
         key, items = _one_of_z_w(z, w)
         body = http_params(**params)
         requests = [_Request("POST", "/generate", {"json": {key: c, **body}}, "x-index", offset)

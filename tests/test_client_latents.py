@@ -83,6 +83,9 @@ def test_interpolation_ends_at_the_seeds_images_and_animates(server):
             assert data.startswith(magic)
             animated = Image.open(io.BytesIO(data))
             assert animated.n_frames == 6
+            animated.seek(1)
+            animated.load()
+            assert animated.info["duration"] == 100  # fps=10
         animated.seek(0)
         assert animated.size == (16, 16)
 
@@ -115,6 +118,7 @@ def test_async_client_latents(server):
         async with AsyncClient(server.url) as client:
             lat = await client.latents(11, **MIX)
             from_w = [x async for x in client.generate_latents(w=[lat["w"], lat["w"]])]
+            both_forms = [x async for x in client.generate_latents(w=[lat["w"], lat["w"][2], lat["w"][2].tolist()])]
             plain = (await client.latents(11))["w"]  # no truncation or mixing: every layer's w is the same
             broadcast = [x async for x in client.generate_latents(w=plain[:1])]  # one w_dim vector per image
             from_z = [x async for x in client.generate_latents(z=np.stack([lat["z"]] * 3), concurrency=2,
@@ -124,9 +128,10 @@ def test_async_client_latents(server):
             ends = [await client.generate(11, **MIX), await client.generate(12, **MIX), await client.generate(11)]
             with pytest.raises(ServerError) as e:
                 [f async for f in client.interpolate(11, 12, 1)]
-            return lat, dict(from_w), dict(from_z), frames, gif, ends, e.value, plain, broadcast
+            return lat, dict(from_w), dict(from_z), frames, gif, ends, e.value, plain, broadcast, dict(both_forms)
 
-    lat, from_w, from_z, frames, gif, ends, error, plain, [(_, broadcast)] = asyncio.run(run())
+    lat, from_w, from_z, frames, gif, ends, error, plain, [(_, broadcast)], both_forms = asyncio.run(run())
+    assert same(both_forms[0], ends[0]) and same(both_forms[1], both_forms[2]) and not same(both_forms[1], ends[0])
     assert (plain == plain[0]).all() and same(broadcast, ends[2])
     assert lat["w"].shape[1] == 32 and sorted(from_w) == [0, 1] and sorted(from_z) == [0, 1, 2]
     assert same(from_w[0], ends[0]) and same(from_w[1], ends[0]) and all(same(im, ends[0]) for im in from_z.values())
