@@ -7,6 +7,7 @@ test-artifacts/.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,11 +58,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def live_server(model_dirs, tmp_path_factory):
-    """`ganserve serve` on a free loopback port with the tiny StyleGAN; yields its base URL."""
+    """`ganserve serve` on a free loopback port with the tiny StyleGAN (the default) and the tiny ProGAN as "old";
+    yields its base URL."""
     port = _free_port()
     log = tmp_path_factory.mktemp("gallery") / "server.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ganserve.cli", "serve", model_dirs["stylegan"], "--host", "127.0.0.1",
+        [sys.executable, "-m", "ganserve.cli", "serve", model_dirs["stylegan"], f"old={model_dirs['progan']}",
+         "--host", "127.0.0.1",
          "--port", str(port), "--backend", "torch", "--device", "cpu", "--log-level", "warning"],
         stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True,
     )
@@ -211,3 +215,111 @@ def test_gallery_asks_a_class_conditional_model_for_a_class(browser, tmp_path):
         browser.execute_script("document.querySelector('#grid .cell.loaded').click()")
         _wait(browser, "return document.getElementById('details').open", what="the details dialog")
         assert "class=3" in browser.find_element("id", "details-curl").text
+
+
+def _details(driver, index: int) -> None:
+    driver.execute_script(f"document.querySelectorAll('#grid .cell.loaded')[{index}].click()")
+    _wait(driver, "return document.getElementById('details').open", what="the details dialog")
+
+
+def _morph_from_details(driver, to_seed: int, steps: int) -> list[str]:
+    driver.execute_script(f"document.getElementById('details-morph-to').value = '{to_seed}';"
+                          f"document.getElementById('details-morph-steps').value = '{steps}';"
+                          "document.getElementById('details-morph-go').click()")
+    assert not driver.execute_script("return document.getElementById('details').open")
+    frames = _loaded(driver, "#morph-strip", steps, "the morph strip")
+    _wait(driver, "return document.getElementById('morph-strip').dataset.done === '1'", what="the end of the stream")
+    indices = driver.execute_script(
+        "return [...document.querySelectorAll('#morph-strip .cell')].map(c => c.dataset.index)")
+    assert indices == [str(i) for i in range(steps)]
+    return frames
+
+
+# The JSON behind the details panel's "Download w" link, read back from its blob URL.
+SAVED_W = """
+const done = arguments[arguments.length - 1];
+const link = document.getElementById('details-w-file');
+fetch(link.href).then(r => r.text()).then(t => done([link.download, t]), e => done(['', String(e)]));
+"""
+
+
+def test_gallery_morph_strip_and_w_download(browser, live_server):
+    browser.get(live_server + "/")
+    grid = _loaded(browser, "#grid", 24, "the seed grid to fill")  # seeds 0-23, in order
+
+    # from seed 2's details: a morph to seed 7 in 6 frames, in order, its ends the two seeds' images
+    _details(browser, 2)
+    assert browser.find_element("id", "details-w").is_displayed()
+    frames = _morph_from_details(browser, 7, 6)
+    assert frames[0] == grid[2] and frames[-1] == grid[7] and len(set(frames)) == 6
+    assert browser.execute_script("return document.getElementById('morph-strip').dataset.space") == "w"
+    assert browser.find_element("id", "error").text == ""
+
+    # the strip's own controls, at psi 0.5 and in z: both ends still the seeds' images at that psi
+    before = _generation(browser)
+    browser.execute_script("const s = document.getElementById('psi'); s.value = '0.5';"
+                           "s.dispatchEvent(new Event('input'));")
+    _rerendered(browser, before)
+    at_half = _loaded(browser, "#grid", 24, "the grid at psi 0.5")
+    browser.execute_script("document.getElementById('morph-from').value = '1'; document.getElementById('morph-to')"
+                           ".value = '4'; document.getElementById('morph-steps').value = '4';"
+                           "document.getElementById('morph-space').value = 'z';"
+                           "document.getElementById('morph-go').click()")
+    _wait(browser, "return document.getElementById('morph-strip').dataset.space === 'z'", what="a morph in z")
+    in_z = _loaded(browser, "#morph-strip", 4, "the morph strip in z")
+    assert len(in_z) == 4 and in_z[0] == at_half[1] and in_z[-1] == at_half[4]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "gallery-morph.png"))
+
+    # "Download w" saves what GET /latents gives for the image's seed and parameters
+    _details(browser, 3)
+    browser.save_screenshot(str(ARTIFACTS / "gallery-details.png"))
+    browser.find_element("id", "details-w").click()
+    _wait(browser, "return (document.getElementById('details-w-file').href || '').startsWith('blob:')",
+          what="the w file")
+    name, text = browser.execute_async_script(SAVED_W)
+    assert name == "seed3-w.json"
+    with httpx.Client(base_url=live_server, timeout=30) as http:
+        want = http.get("/latents", params={"seed": 3, "psi": "0.50"}).json()
+    assert json.loads(text) == want and len(want["w"]) > 1
+    browser.find_element("id", "details-close").click()
+
+    # a too-long morph is the server's 413, shown plainly
+    browser.execute_script("document.getElementById('morph-steps').max = '5000';"
+                           "document.getElementById('morph-steps').value = '1500';"
+                           "document.getElementById('morph-space').value = '';")
+    browser.execute_script("state.maxFrames = 5000; document.getElementById('morph-go').click()")
+    message = _wait(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent",
+                    what="an error message")
+    assert "413" in message and "steps" in message
+
+    # ProGAN: no w to download; its morph walks in z
+    before = _generation(browser)
+    browser.execute_script("const m = document.getElementById('model'); m.value = 'old';"
+                           "m.dispatchEvent(new Event('change'));")
+    _rerendered(browser, before)
+    old = _loaded(browser, "#grid", 24, "the ProGAN grid")
+    _details(browser, 0)
+    assert not browser.find_element("id", "details-w").is_displayed()
+    frames = _morph_from_details(browser, 5, 3)
+    assert frames[0] == old[0] and frames[-1] == old[5]
+    assert browser.execute_script("return document.getElementById('morph-strip').dataset.space") == "z"
+
+
+def test_gallery_morph_and_w_download_send_the_api_key(browser, model_dirs, tmp_path):
+    """With ?key=, the morph stream and the w download carry X-API-Key like the grid's requests (no 401s)."""
+    from ganserve.serve.process import ServerProcess
+
+    with ServerProcess([model_dirs["stylegan"]], "--backend", "torch", "--device", "cpu", "--api-key", "s3cret",
+                       "--log-level", "warning", log=tmp_path / "server.log") as server:
+        browser.get(server.url + "/?key=s3cret")
+        grid = _loaded(browser, "#grid", 24, "the grid behind an API key")
+        _details(browser, 0)
+        assert _morph_from_details(browser, 1, 3)[-1] == grid[1]
+        _details(browser, 1)
+        browser.find_element("id", "details-w").click()
+        _wait(browser, "return (document.getElementById('details-w-file').href || '').startsWith('blob:')",
+              what="the w file")
+        name, text = browser.execute_async_script(SAVED_W)
+        assert name == "seed1-w.json" and json.loads(text)["seed"] == 1
+        assert browser.find_element("id", "error").text == ""
