@@ -1,4 +1,5 @@
-"""The README's pictures of a model: a seed grid, a truncation strip, style-mixing grids, and an SWD-by-kimg plot.
+"""The README's pictures of a model: a seed grid, a truncation strip, style-mixing grids, an interpolation strip and
+looping walk (GIF), and an SWD-by-kimg plot.
 
     python docs/make_figures.py --model stylegan-emoji64 --out docs/images
     python docs/make_figures.py --model progan-emoji64 --out docs/images --swd runs/progan/swd.json
@@ -17,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ganserve.imaging import make_grid, to_pil
+from ganserve.imaging import encode_animation, make_grid, to_pil
 from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import make_spec, make_specs
+from ganserve.inference.walks import interpolation_specs
 from ganserve.models.weights import resolve_model
 
 PSIS = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
@@ -63,6 +65,19 @@ def mixing_grid(backend, row_seeds: list[int], col_seeds: list[int], layers: str
         tiles += [r, *mixed[i * len(col_seeds) : (i + 1) * len(col_seeds)]]
     grid = to_pil(make_grid(np.stack(tiles), cols=len(col_seeds) + 1, pad=2))
     return _labelled(grid, [f"{layers} styles from the top row"], top=14)
+
+
+def interpolation_strip(backend, pairs: list[tuple[int, int]], steps: int, psi: float) -> Image.Image:
+    """One row per (seed, to_seed): `steps` frames from one seed's image to the other's (GET /interpolate's)."""
+    rows = [backend.generate(interpolation_specs(backend, pair, steps, loop=False, psi=psi)) for pair in pairs]
+    return to_pil(make_grid(np.concatenate(rows), cols=steps))
+
+
+def walk_gif(backend, seeds: list[int], steps: int, psi: float, scale: int = 2) -> bytes:
+    """A looping walk through `seeds` (`ganserve interpolate`'s frames), each frame enlarged `scale` times."""
+    frames = backend.generate(interpolation_specs(backend, seeds, steps, loop=True, psi=psi))
+    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    return encode_animation(frames, "gif", fps=20)
 
 
 def swd_plot(rows: list[dict], name: str, path: Path) -> None:
@@ -116,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     if backend.config.supports_mixing:
         for layers in ("coarse", "middle", "fine"):
             save(mixing_grid(backend, [10, 11, 12, 13], [20, 21, 22, 23, 24], layers, args.psi), f"mixing-{layers}")
+    save(interpolation_strip(backend, [(30, 31), (32, 33), (34, 35)], 10, args.psi), "interpolation")
+    path = out / f"{name}-walk.gif"
+    path.write_bytes(walk_gif(backend, [40, 41, 42, 43, 44], 10, args.psi))
+    print(f"wrote {path} ({path.stat().st_size // 1024} KiB)", flush=True)
     if args.swd:
         rows = json.loads(Path(args.swd).read_text())
         path = out / f"{name}-swd.png"

@@ -44,3 +44,18 @@ def test_staged_dir_replaces_a_folder_only_when_the_block_succeeds(tmp_path):
         (tmp / "y").write_text("4")
     assert sorted(p.name for p in final.iterdir()) == ["y"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left beside it
+
+
+def test_written_files_and_folders_get_ordinary_permissions(tmp_path):
+    """Not the private 0600/0700 of a temporary file: a model or image written here is readable as any file."""
+    import os
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with staged_dir(tmp_path / "model") as tmp:
+            (tmp / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o750
