@@ -37,26 +37,20 @@ from ganserve.train.step import TrainStep  # noqa: E402
 BUNDLED = dict(arch="stylegan", resolution=64, z_dim=128, w_dim=128, fmap_base=768, fmap_max=128, fade_kimg=8,
                stab_kimg=8, final_kimg=200, loss="wgan_gp", style_mixing_prob=0.5, batch_sizes={64: 16}, ema_kimg=1,
                workers=0)
-VARIANTS = {
-    "baseline": {},
-    "bf16": {"amp": True},
-    "channels_last": {"channels_last": True},
+VARIANTS = {  # TrainConfig fields (the defaults: amp and channels_last on)
+    "fp32": {"amp": False, "channels_last": False},
+    "bf16": {"amp": True, "channels_last": False},
+    "channels_last": {"amp": False, "channels_last": True},
     "bf16+channels_last": {"amp": True, "channels_last": True},
 }
 
 
 def make_step(variant: str, data: Path, out: Path, overrides: dict) -> tuple[TrainStep, Phase, torch.Tensor]:
-    cfg = TrainConfig(data=str(data), out=str(out), **{**BUNDLED, **overrides})
+    cfg = TrainConfig(data=str(data), out=str(out), **{**BUNDLED, **overrides, **VARIANTS[variant]})
     run = resolve(cfg)
     device = torch.device("cpu")
     nets = Networks(run, device)
     step = TrainStep(run, nets, make_loss(run.cfg), DistInfo(), device)
-    options = VARIANTS[variant]
-    step.amp = options.get("amp", False)
-    if options.get("channels_last"):
-        step.channels_last = True
-        nets.G.to(memory_format=torch.channels_last)
-        nets.D.to(memory_format=torch.channels_last)
     stage = run.model_config.num_stages - 1
     batch = run.schedule.batches[stage]
     phase = Phase(step=1000, nimg=10**6, stage=stage, alpha=1.0, batch=batch)
@@ -79,6 +73,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--profile", help="profile this variant's steps instead (torch.profiler, top operators)")
+    p.add_argument("--arch", default="stylegan", choices=("stylegan", "progan"))
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -86,10 +81,12 @@ def main() -> None:
     data = tmp / "data"
     data.mkdir()
     Image.new("RGB", (64, 64)).save(data / "0.png")
-    overrides = {"batch_sizes": {64: args.batch}}
+    overrides = {"batch_sizes": {64: args.batch}, "arch": args.arch}
+    if args.arch == "progan":  # the bundled progan-emoji64's flags
+        overrides.update(batch_sizes={64: 32}, style_mixing_prob=0.9, ema_kimg=5)
     names = [args.profile] if args.profile else args.variants.split(",")
     steps = {name: make_step(name, data, tmp / name, overrides) for name in names}
-    for name, (step, phase, reals) in steps.items():
+    for step, phase, reals in steps.values():
         timed(step, phase, reals, 2)  # warm-up
     if args.profile:
         step, phase, reals = steps[args.profile]

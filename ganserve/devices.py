@@ -82,3 +82,16 @@ def setup_cpu_inference(threads: int | None = None) -> None:
     if threads:
         torch.set_num_threads(threads)
     keep_freed_memory()
+
+
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16), where bf16 autocast pays; elsewhere
+    oneDNN emulates it, slower than float32."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False

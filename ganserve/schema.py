@@ -108,6 +108,7 @@ SPACE = Param("space", str, "w: straight steps between the ws (StyleGAN; the def
               "great circle between the zs (the default and only choice for ProGAN)", choices=LATENT_SPACES)
 FPS = Param("fps", float, "frames per second of an animated format", default=24.0, ge=1, le=FPS_MAX)
 SPEC_PARAMS = tuple(p for p in PARAMS if p.name not in ("model", "format"))  # make_spec's keywords after the seed
+LATENT_PARAMS = ("psi", "mix_seed", "mix_layers", "truncation_cutoff", "class_idx")  # what decides a seed's ws
 BY_NAME = {p.name: p for p in (SEED, *PARAMS)}
 
 

@@ -23,6 +23,7 @@ from ganserve.schema import (
     BY_NAME,
     FPS,
     IMAGE_FORMATS,
+    LATENT_PARAMS,
     MAX_SEED,
     MODEL_NAME_PATTERN,  # noqa: F401 (ganserve.serve.server reads it from here)
     PARAMS,
@@ -89,11 +90,10 @@ GenerateBody: type[BaseModel] = create_model(
        Field(None, description=W.description)),
     **{p.name: _field(p, json=True) for p in PARAMS},
 )
-LATENT_PARAMS = ("psi", "mix_seed", "mix_layers", "truncation_cutoff", "class_idx", "model")  # what changes a w
 LatentsQuery: type[BaseModel] = create_model(
     "LatentsQuery", __config__=ConfigDict(extra="forbid"),
     __doc__="GET /latents: the z and w of a seed.",
-    seed=_field(SEED), **{name: _field(BY_NAME[name]) for name in LATENT_PARAMS},
+    seed=_field(SEED), **{name: _field(BY_NAME[name]) for name in (*LATENT_PARAMS, "model")},
 )
 INTERPOLATE_FORMAT = Param("format", str, "png or jpeg: the frames as multipart/mixed parts, in order; gif or webp: "
                            "one animated file", default="png", choices=(*IMAGE_FORMATS[:2], *ANIMATION_FORMATS))

@@ -26,12 +26,12 @@ from ganserve.imaging import ANIMATIONS, encode_animation
 from ganserve.inference.sampling import make_latent_specs, make_spec
 from ganserve.models.config import ModelConfig
 from ganserve.models.latents import lerp, seed_to_z, slerp
+from ganserve.schema import LATENT_PARAMS
 from ganserve.serve.batching import WS, ImageResult
 from ganserve.serve.dispatch import Dispatcher
 from ganserve.serve.encoding import Encoder, media_type
 from ganserve.serve.metrics import Metrics, RequestMetricsMiddleware
 from ganserve.serve.params import (
-    LATENT_PARAMS,
     ApiError,
     GenerateBody,
     GenerateQuery,

@@ -78,8 +78,8 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # CUDA only
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with bfloat16 instructions
+    channels_last: bool = True
     checkpoint_kimg: float = 100.0  # also at the end of every stage
     keep_checkpoints: int = 3
     grid_seeds: str = "0-15"

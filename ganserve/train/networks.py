@@ -39,7 +39,7 @@ class Networks:
         torch.manual_seed(cfg.seed)
         self.G = build_generator(run.model_config).to(device)
         self.D = build_discriminator(run.model_config).to(device)
-        if device.type == "cuda" and cfg.channels_last:
+        if cfg.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)

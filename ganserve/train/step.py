@@ -10,6 +10,7 @@ import hashlib
 
 import torch
 
+from ganserve.devices import cpu_has_bf16
 from ganserve.models.latents import style_mixing
 from ganserve.models.layers import downsample, fade_in, upsample
 from ganserve.train import distributed as ddp
@@ -18,6 +19,12 @@ from ganserve.train.distributed import DistInfo
 from ganserve.train.losses import Loss
 from ganserve.train.networks import Networks
 from ganserve.train.run import ResolvedRun
+
+
+def amp_enabled(cfg, device: torch.device) -> bool:
+    """bf16 autocast (cfg.amp) runs on CUDA and on a CPU with bfloat16 instructions (elsewhere it is emulated and
+    slower than float32)."""
+    return cfg.amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -36,8 +43,8 @@ class TrainStep:
         self.w_avg_beta = cfg.w_avg_beta
         self.style_mixing_prob = cfg.style_mixing_prob if run.model_config.supports_mixing else 0.0
         self.ema_nimg = cfg.ema_kimg * 1000 * cfg.kimg_scale  # the EMA's half-life, scaled with the schedule
-        self.channels_last = device.type == "cuda" and cfg.channels_last
-        self.amp = device.type == "cuda" and cfg.amp
+        self.channels_last = cfg.channels_last
+        self.amp = amp_enabled(cfg, device)
 
     def __call__(self, phase: Phase, batch: torch.Tensor) -> dict[str, float]:
         nets = self.nets
