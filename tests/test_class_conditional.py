@@ -167,6 +167,21 @@ def test_served_get_and_post_equal_generate_and_bad_classes_are_422(models, tmp_
             r = client.post("/generate", json={"seeds": [1], "model": "cond", "class_idx": 1})
             assert r.status_code == 422 and r.json()["field"] == "class_idx", r.text
 
+            # latents: the class goes into z's mapping and is held in w; frames of a walk keep it
+            latents = client.get("/latents", params={"seed": 2, "class": 3, "model": "cond"}).json()
+            for body in ({"w": [latents["w"]]}, {"z": [latents["z"]], "class": 3}):
+                r = client.post("/generate", json={**body, "model": "cond"})
+                (part,) = MultipartParser(boundary_of(r.headers["content-type"])).feed(r.content)
+                assert np.array_equal(np.asarray(Image.open(io.BytesIO(part.body))), cli[3][2]), list(body)
+            r = client.post("/generate", json={"w": [latents["w"]], "class": 3, "model": "cond"})
+            assert r.status_code == 422 and r.json()["field"] == "class", r.text
+            r = client.post("/generate", json={"z": [latents["z"]], "model": "cond"})
+            assert r.status_code == 422 and r.json()["field"] == "class", r.text
+            r = client.get("/interpolate", params={"seed": 2, "to_seed": 5, "steps": 4, "class": 3, "model": "cond"})
+            parts = list(MultipartParser(boundary_of(r.headers["content-type"])).feed(r.content))
+            ends = [np.asarray(Image.open(io.BytesIO(parts[i].body))) for i in (0, -1)]
+            assert np.array_equal(ends[0], cli[3][2]) and np.array_equal(ends[1], cli[3][5])
+
         # the Python client, blocking and async, and `ganserve sample --class`
         with Client(server.url) as c:
             assert np.array_equal(np.asarray(c.generate(2, model="cond", class_idx=3)), cli[3][2])
