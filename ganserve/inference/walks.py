@@ -16,11 +16,7 @@ from ganserve.inference.backend import Backend
 from ganserve.inference.sampling import SampleSpec, make_latent_specs, make_specs
 from ganserve.models.config import ModelConfig
 from ganserve.models.latents import seeds_to_z, walk
-from ganserve.schema import LATENT_SPACES, check_seed
-
-# The parameters that decide a seed's ws (and so go into the ws walked in w space); the others (noise, rotate,
-# translate) act in the synthesis network and apply to every frame.
-STYLE_PARAMS = ("psi", "mix_seed", "mix_layers", "truncation_cutoff", "class_idx")
+from ganserve.schema import LATENT_PARAMS, LATENT_SPACES, check_seed  # LATENT_PARAMS: what decides a seed's ws
 
 
 def default_space(config: ModelConfig) -> str:
@@ -74,8 +70,8 @@ def interpolation_specs(backend: Backend, seeds: Sequence[int], steps: int, spac
         make_specs(config, seeds[:1], **params)  # the parameters checked as for the seeds' own images
         frames = walk(list(seeds_to_z(seeds, config.z_dim)), steps, "z", loop)
         return make_latent_specs(config, z=frames, **params)
-    style = {k: v for k, v in params.items() if k in STYLE_PARAMS}
-    rest = {k: v for k, v in params.items() if k not in STYLE_PARAMS}
+    style = {k: v for k, v in params.items() if k in LATENT_PARAMS}
+    rest = {k: v for k, v in params.items() if k not in LATENT_PARAMS}
     make_specs(config, seeds[:1], **params)  # all of them checked together, as for the seeds' own images
     ws = backend.latents(make_specs(config, seeds, **style))
     frames = walk(list(ws), steps, "w", loop)

@@ -24,6 +24,7 @@ from ganserve import multipart
 from ganserve.errors import SpecError
 from ganserve.imaging import ANIMATIONS, encode_animation
 from ganserve.inference.sampling import make_latent_specs, make_spec
+from ganserve.inference.walks import check_walk
 from ganserve.models.config import ModelConfig
 from ganserve.models.latents import lerp, seed_to_z, slerp
 from ganserve.schema import LATENT_PARAMS
@@ -122,16 +123,13 @@ class Service:
         name, config = resolve_model(q.model, self.configs, self.default_model)
         if q.steps > self.max_seeds:
             raise ApiError(413, f"too many steps: {q.steps}, at most {self.max_seeds} frames per request", "steps")
-        space = q.space or ("w" if config.supports_mixing else "z")
-        if space == "w" and not config.supports_mixing:
-            raise ApiError(400, f"space=w needs a StyleGAN model; this one is {config.arch}, which has no w space: use "
-                                "space=z", "space")
         try:
+            space = check_walk(config, [q.seed, q.to_seed], q.steps, q.space)
             first = make_spec(config, q.seed, **spec_params(q))  # every parameter checked as for /generate
             if space == "z":
                 zs = slerp(seed_to_z(q.seed, config.z_dim), seed_to_z(q.to_seed, config.z_dim), q.steps)
                 return Job(name, make_latent_specs(config, z=zs, **spec_params(q)), q.format), space
-            frame = {k: v for k, v in spec_params(q).items() if k in ("noise", "rotate", "translate")}
+            frame = {k: v for k, v in spec_params(q).items() if k not in LATENT_PARAMS}  # they act in synthesis
             make_latent_specs(config, w=np.zeros((1, config.w_dim), np.float32), **frame)  # noise=random: 422 now
         except SpecError as e:
             raise api_error(e) from None
