@@ -113,7 +113,8 @@ def test_sigterm_drains_in_flight_requests_and_leaves_no_process(server):
 
 
 def test_ctrl_c_to_the_process_group_drains_and_leaves_no_process(model_dirs, tmp_path):
-    flags = ["--device", "cpu", "--api-key", KEY, "--workers-per-device", "2", "--log-level", "warning"]
+    # info: should the shutdown ever hang, the log tail in the failure shows how far it got
+    flags = ["--device", "cpu", "--api-key", KEY, "--workers-per-device", "2", "--log-level", "info"]
     with ServerProcess([model_dirs["stylegan"]], *flags, log=tmp_path / "server.log") as s:
         _stop_while_streaming(s, lambda: os.killpg(s.proc.pid, signal.SIGINT))
         assert "Traceback" not in s.log()
