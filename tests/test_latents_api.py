@@ -173,6 +173,7 @@ def test_bad_latents_are_refused_naming_the_field_and_nothing_is_queued(http, co
     z_dim = len(http.get("/latents", params={"seed": 0, "model": "sg"}).json()["z"])
     w = http.get("/latents", params={"seed": 0, "model": "sg"}).json()["w"]
     assert "shape" in error(http.post("/generate", json={"z": [[0.5] * (z_dim + 1)], "model": "sg"}), 422, "z")
+    assert "a list of z vectors" in error(http.post("/generate", json={"z": [0.5] * z_dim, "model": "sg"}), 422, "z")
     assert "shape" in error(http.post("/generate", json={"w": [w[:-1]], "model": "sg"}), 422, "w")
     assert "w[1]" in error(http.post("/generate", json={"w": [w, w[0][:-1]], "model": "sg"}), 422, "w")
     raw = json.dumps({"z": [[0.0] * z_dim], "model": "sg"}).replace("0.0]", "NaN]")

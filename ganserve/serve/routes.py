@@ -140,6 +140,9 @@ class Service:
 UNION_HINTS = {
     "seeds": "give a list of integers, one integer, or a string like '0-99' or '1,2,5-10'",
     "mix_layers": "give coarse, middle, fine, all, a range 'a-b', a list '0,1,4-5', or a list of integers",
+    "z": "give a list of z vectors, each a list of z_dim numbers: {\"z\": [[0.5, -1.2, ...]]}",
+    "w": "give a list of ws, each num_ws lists of w_dim numbers (as GET /latents returns) or one list of w_dim "
+         "numbers used for every layer: {\"w\": [[[...], ...]]}",
 }
 
 
