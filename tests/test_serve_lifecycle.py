@@ -161,3 +161,27 @@ def test_a_worker_that_dies_stops_the_server_with_an_error_and_no_process_left(m
     assert "an inference worker died" in server.log().strip().splitlines()[-1]
     time.sleep(0.5)
     assert [pid for pid in processes if alive(pid)] == []
+
+
+def test_sigint_stops_a_server_whose_parent_ignored_sigint(model_dirs, tmp_path):
+    """A shell without job control starts a background job with SIGINT ignored (`ganserve serve &` in a script, a
+    CI runner), and the server inherits that; SIGINT to its group must still stop it."""
+    server = ServerProcess([model_dirs["stylegan"]], "--device", "cpu", "--backend", "torch",
+                           log=tmp_path / "server.log")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        server.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        processes = server.descendants()
+        os.killpg(server.proc.pid, signal.SIGINT)
+        try:
+            server.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server ignored SIGINT:\n{server.log()[-2000:]}")
+        assert server.proc.returncode == 0
+        time.sleep(0.5)
+        assert [pid for pid in processes if alive(pid)] == [], "processes left behind"
+    finally:
+        server.kill()

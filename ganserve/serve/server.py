@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +161,10 @@ def build_server(opts: ServeOptions) -> Server:
 
 def serve(opts: ServeOptions) -> None:
     """Run until SIGTERM or Ctrl-C; then drain in-flight requests (up to DRAIN_SECONDS) and stop every process."""
+    if threading.current_thread() is threading.main_thread():
+        # A process started in the background by a shell without job control (`ganserve serve &` in a script, CI
+        # runners) inherits SIGINT ignored; SIGINT to the server (kill -INT, Ctrl-C to its group) must still stop it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     server = build_server(opts)
     try:
         server.inference.run(opts.host, opts.port, opts.log_level, on_ready=server.on_ready,
