@@ -30,9 +30,13 @@ def walk_frames(n_seeds: int, steps: int, loop: bool) -> int:
     return legs * (steps - 1) + (0 if loop else 1)
 
 
-def check_walk(config: ModelConfig, seeds: Sequence[int], steps: int, space: str | None) -> str:
-    """The space to walk (`space`, or the model's default) after checking the seeds, steps and space against the
-    model; SpecError naming the field (UnsupportedError for space w on ProGAN)."""
+def check_walk(config: ModelConfig, seeds: Sequence[int], steps: int, space: str | None,
+               noise: str | None = None) -> str:
+    """The space to walk (`space`, or the model's default) after checking the seeds, steps, space and noise against
+    the model; SpecError naming the field (UnsupportedError for space w on ProGAN)."""
+    if noise == "random":
+        raise SpecError("noise=random draws each image's noise from its seed, and the frames between seeds have "
+                        "none: use noise const or none", field="noise")
     if len(seeds) < 2:
         raise SpecError(f"an interpolation needs at least 2 seeds to walk between, got {len(seeds)}", field="seeds")
     for s in seeds:
@@ -62,10 +66,7 @@ def interpolation_specs(backend: Backend, seeds: Sequence[int], steps: int, spac
     the last frame of an open walk is seeds[-1]'s. SpecError/UnsupportedError name the parameter at fault."""
     config = backend.config
     seeds = list(seeds)
-    space = check_walk(config, seeds, steps, space)
-    if params.get("noise") == "random":
-        raise SpecError("noise=random draws each image's noise from its seed, and the frames between seeds have "
-                        "none: use noise const or none", field="noise")
+    space = check_walk(config, seeds, steps, space, params.get("noise"))
     if space == "z":
         make_specs(config, seeds[:1], **params)  # the parameters checked as for the seeds' own images
         frames = walk(list(seeds_to_z(seeds, config.z_dim)), steps, "z", loop)

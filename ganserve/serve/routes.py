@@ -124,16 +124,15 @@ class Service:
         if q.steps > self.max_seeds:
             raise ApiError(413, f"too many steps: {q.steps}, at most {self.max_seeds} frames per request", "steps")
         try:
-            space = check_walk(config, [q.seed, q.to_seed], q.steps, q.space)
+            space = check_walk(config, [q.seed, q.to_seed], q.steps, q.space, q.noise)
             first = make_spec(config, q.seed, **spec_params(q))  # every parameter checked as for /generate
             if space == "z":
                 zs = slerp(seed_to_z(q.seed, config.z_dim), seed_to_z(q.to_seed, config.z_dim), q.steps)
                 return Job(name, make_latent_specs(config, z=zs, **spec_params(q)), q.format), space
-            frame = {k: v for k, v in spec_params(q).items() if k not in LATENT_PARAMS}  # they act in synthesis
-            make_latent_specs(config, w=np.zeros((1, config.w_dim), np.float32), **frame)  # noise=random: 422 now
         except SpecError as e:
             raise api_error(e) from None
         w_a, w_b = await self.ws(name, [first, dataclasses.replace(first, seed=q.to_seed)])
+        frame = {k: v for k, v in spec_params(q).items() if k not in LATENT_PARAMS}  # they act in synthesis
         return Job(name, make_latent_specs(config, w=lerp(w_a, w_b, q.steps), **frame), q.format), space
 
 
@@ -245,20 +244,13 @@ class FastGet:
 
 # -- streams -----------------------------------------------------------------------------------------------------
 async def ordered(stream):
-    """The results of Dispatcher.stream (index, result), which come in order of completion, in index order."""
+    """The (index, result) pairs of Dispatcher.stream, which come in order of completion, in index order."""
     waiting, following = {}, 0
     async for i, result in stream:
         waiting[i] = result
         while following in waiting:
-            yield waiting.pop(following)
+            yield following, waiting.pop(following)
             following += 1
-
-
-async def _indexed(stream):
-    i = 0
-    async for item in stream:
-        yield i, item
-        i += 1
 
 
 def stream_images(svc: Service, job: Job, in_order: bool = False, headers: dict | None = None) -> StreamingResponse:
@@ -271,7 +263,7 @@ def stream_images(svc: Service, job: Job, in_order: bool = False, headers: dict 
     async def parts():
         try:
             results = svc.dispatcher.stream(jobs, svc.window, then=lambda r: svc.image(r, job.model, job.format))
-            async for i, (result, data) in (_indexed(ordered(results)) if in_order else results):
+            async for i, (result, data) in (ordered(results) if in_order else results):
                 spec = job.specs[i]
                 origin = {"X-Seed": str(spec.seed)} if spec.seed is not None else {"X-Latent": spec.label}
                 part_headers = {
@@ -340,8 +332,8 @@ def install(app: FastAPI, svc: Service, api_key: str | None, max_body: int) -> N
         job, space = await svc.interpolation(q)
         svc.dispatcher.admit()
         if q.format in ANIMATIONS:
-            frames = [r.pixels async for r in ordered(svc.dispatcher.stream([(job.model, s) for s in job.specs],
-                                                                            svc.window))]
+            results = svc.dispatcher.stream([(job.model, s) for s in job.specs], svc.window)
+            frames = [r.pixels async for _, r in ordered(results)]
             data = await asyncio.to_thread(encode_animation, frames, q.format, q.fps)
             svc.metrics.images.labels(job.model, q.format).inc(len(frames))
             headers = {"X-Model": job.model, "X-Count": str(len(frames)), "X-Space": space}
