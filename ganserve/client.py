@@ -94,19 +94,10 @@ def _as_latents(body: dict) -> dict:
     return {**body, "z": np.asarray(body["z"], np.float32), "w": None if w is None else np.asarray(w, np.float32)}
 
 
-def _broadcast_ws(ws: list) -> list:
-    """ws of both forms, [num_ws, w_dim] and [w_dim], all as [num_ws, w_dim] (one request takes one form only)."""
-    shapes = [np.shape(w) for w in ws]
-    full = next((s for s in shapes if len(s) == 2), None)
-    if full is None or all(len(s) == 2 for s in shapes):
-        return ws
-    return [np.broadcast_to(np.asarray(w), full).tolist() if len(s) == 1 else w for w, s in zip(ws, shapes)]
-
-
 def _one_of_z_w(z: object, w: object) -> tuple[str, list]:
     if (z is None) == (w is None):
         raise ValueError("give exactly one of z and w")
-    return ("z", _latent_list(z)) if z is not None else ("w", _broadcast_ws(_latent_list(w)))
+    return ("z", _latent_list(z)) if z is not None else ("w", _latent_list(w))  # the server takes both w forms
 
 
 @dataclass
