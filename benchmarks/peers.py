@@ -1,22 +1,30 @@
-"""`ganserve serve` against the same generator behind a plain LitServe LitAPI with batching, under the same load.
+"""`ganserve serve` against the same generator behind plain LitServe and Ray Serve batching, under the same load.
 
-Both servers run the same model, backend, inference processes (one torch thread each), PNG encoder and max batch;
-the peer is what the LitServe documentation shows: a LitAPI whose decode_request reads {"seed": N} from a POST,
-predict runs the batch, encode_response returns the PNG. A closed-loop load (C clients, each sending its next request
-when the previous answer is in, random seeds) runs against each server in turn, rounds alternating who goes first;
-both servers stay up throughout, loaded one at a time. Reports images/s and p50/p99 per server and concurrency, and
-ganserve / peer from the medians.
+Every server runs the same model, backend, inference processes (one torch thread each), PNG encoder and max batch.
+The peers are what their documentation shows:
+- litserve: a LitAPI whose decode_request reads {"seed": N} from a POST, predict runs the batch, encode_response
+  returns the PNG;
+- ray: a Ray Serve deployment of `--workers` replicas (one CPU each) whose `@serve.batch` method runs the batch and
+  encodes the PNGs, behind Ray's HTTP proxy; max_ongoing_requests is raised to twice the max batch so that batches can
+  fill (Ray's default of 5 would cap them). Ray runs in the interpreter `--ray-python` names (an environment of its
+  own, since Ray pins its own web stack), which must also import ganserve.
+A closed-loop load (C clients, each sending its next request when the previous answer is in, random seeds) runs
+against each server in turn, the order rotating every round. Every server stays up throughout, and while one is
+measured the others are frozen (SIGSTOP of their process groups, SIGCONT after): idle, a LitServe server polls its
+queues with about 0.2 of a core, which would otherwise be taken from the server being measured.
+Reports images/s and p50/p99 per server and concurrency, and ganserve / peer from the medians.
 
-    python benchmarks/peers.py [--model stylegan-emoji64] [--backend torch] [--workers 2] [--max-batch-size 32]
-        [--concurrency 1,8,32] [--duration 10] [--rounds 2]
+    python benchmarks/peers.py [--peers litserve,ray] [--ray-python PATH] [--model stylegan-emoji64] [--backend torch]
+        [--workers 2] [--max-batch-size 32] [--concurrency 1,8,32] [--duration 10] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
-import socket
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,6 +35,9 @@ from pathlib import Path
 import httpx
 import litserve as ls
 from fastapi import Response
+from serve_bench import cpu_seconds
+
+from ganserve.serve.process import free_port, process_tree
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -65,24 +76,59 @@ def serve_peer(model: str, backend: str, workers: int, max_batch: int, port: int
                                                                         log_level="warning")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def serve_ray(model: str, backend: str, workers: int, max_batch: int, port: int) -> None:
+    """The Ray Serve peer, run until SIGTERM: `workers` replicas of one CPU, `@serve.batch` over POSTed seeds."""
+    import ray
+    from ray import serve
+    from starlette.requests import Request
+
+    @serve.deployment(num_replicas=workers, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=2 * max_batch)
+    class PeerDeployment:
+        def __init__(self):
+            from ganserve.devices import setup_cpu_inference
+            from ganserve.inference import load_backend
+
+            setup_cpu_inference(1)
+            self.backend = load_backend(model, backend, "cpu")
+
+        @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=0.005)
+        async def predict(self, seeds: list[int]) -> list[bytes]:
+            from ganserve.imaging import encode_png
+            from ganserve.inference.sampling import make_spec
+
+            specs = [make_spec(self.backend.config, seed) for seed in seeds]
+            return [encode_png(pixels) for pixels in self.backend.generate(specs)]
+
+        async def __call__(self, request: Request):
+            from starlette.responses import Response
+
+            body = await request.json()
+            return Response(await self.predict(int(body["seed"])), media_type="image/png")
+
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(PeerDeployment.bind(), route_prefix="/predict")
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    while not stop:
+        time.sleep(0.2)
+    serve.shutdown()
+    ray.shutdown()
 
 
-def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 300) -> None:
+def wait_ready(name: str, probe, proc: subprocess.Popen, log: Path, seconds: float = 300) -> None:
+    """Wait until probe() answers 200: a server's health, or one image for Ray (its proxy is up before its replicas)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"peers: a server exited with {proc.returncode}")
+            raise SystemExit(f"peers: {name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
+            if probe().status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise SystemExit(f"peers: {url} did not become ready")
+    raise SystemExit(f"peers: {name} was not ready after {seconds:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 async def load(request, clients: int, warmup: float, duration: float) -> dict:
@@ -108,8 +154,14 @@ async def load(request, clients: int, warmup: float, duration: float) -> dict:
     return {"images_per_s": len(latencies) / duration, "p50_ms": q(0.5), "p99_ms": q(0.99)}
 
 
+NAMES = {"ganserve": "ganserve", "litserve": "LitServe LitAPI", "ray": "Ray Serve"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--peers", default="litserve", help="comma-separated: litserve, ray (default litserve)")
+    p.add_argument("--ray-python", default=sys.executable,
+                   help="the Python of an environment with ray[serve] and ganserve (default: this one)")
     p.add_argument("--model", default="stylegan-emoji64")
     p.add_argument("--backend", default="torch")
     p.add_argument("--workers", type=int, default=2)
@@ -118,58 +170,101 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--serve-peer", type=int, help=argparse.SUPPRESS)  # internal: run the peer server on this port
+    p.add_argument("--serve-peer", type=int, help=argparse.SUPPRESS)  # internal: run the LitServe peer on this port
+    p.add_argument("--serve-ray", type=int, help=argparse.SUPPRESS)  # internal: run the Ray Serve peer on this port
     args = p.parse_args()
     if args.serve_peer:
         serve_peer(args.model, args.backend, args.workers, args.max_batch_size, args.serve_peer)
         return
+    if args.serve_ray:
+        serve_ray(args.model, args.backend, args.workers, args.max_batch_size, args.serve_ray)
+        return
+    peers = [name.strip() for name in args.peers.split(",") if name.strip()]
+    if unknown := [name for name in peers if name not in NAMES or name == "ganserve"]:
+        p.error(f"--peers: unknown {', '.join(unknown)} (choose from litserve, ray)")
+    if "ray" in peers and subprocess.run([args.ray_python, "-c", "import ray.serve, ganserve"],
+                                         capture_output=True).returncode != 0:
+        p.error(f"--peers ray: {args.ray_python} cannot import ray.serve and ganserve; give --ray-python the Python of "
+                "an environment with both (e.g. python -m venv --system-site-packages ENV && ENV/bin/pip install "
+                "'ray[serve]')")
 
-    ports = {"ganserve": free_port(), "litserve": free_port()}
+    names = ["ganserve", *peers]
+    ports = {name: free_port() for name in names}
+    common = ["--model", args.model, "--backend", args.backend, "--workers", str(args.workers), "--max-batch-size",
+              str(args.max_batch_size)]
+    commands = {
+        "ganserve": [sys.executable, "-m", "ganserve.cli", "serve", args.model, "--backend", args.backend, "--device",
+                     "cpu", "--workers-per-device", str(args.workers), "--cpu-threads", "1", "--max-batch-size",
+                     str(args.max_batch_size), "--port", str(ports["ganserve"]), "--log-level", "warning"],
+        "litserve": [sys.executable, __file__, *common, "--serve-peer", str(ports["litserve"])],
+        "ray": [args.ray_python, __file__, *common, "--serve-ray", str(ports["ray"])],
+    }
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    requests = {
+        "ganserve": lambda c, s: _get(c, f"{urls['ganserve']}/generate?seed={s}"),
+        "litserve": lambda c, s: _post(c, f"{urls['litserve']}/predict", {"seed": s}),
+        "ray": lambda c, s: _post(c, f"{urls['ray']}/predict", {"seed": s}),
+    }
+    probes = {
+        "ganserve": lambda: httpx.get(urls["ganserve"] + "/health", timeout=2),
+        "litserve": lambda: httpx.get(urls["litserve"] + "/health", timeout=2),
+        "ray": lambda: httpx.post(urls["ray"] + "/predict", json={"seed": 0}, timeout=30),
+    }
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
-        logs = {name: open(Path(tmp) / f"{name}.log", "w") for name in ports}
-        procs = {
-            "ganserve": subprocess.Popen(
-                [sys.executable, "-m", "ganserve.cli", "serve", args.model, "--backend", args.backend, "--device",
-                 "cpu", "--workers-per-device", str(args.workers), "--cpu-threads", "1", "--max-batch-size",
-                 str(args.max_batch_size), "--port", str(ports["ganserve"]), "--log-level", "warning"],
-                stdout=logs["ganserve"], stderr=subprocess.STDOUT),
-            "litserve": subprocess.Popen(
-                [sys.executable, __file__, "--model", args.model, "--backend", args.backend, "--workers",
-                 str(args.workers), "--max-batch-size", str(args.max_batch_size), "--serve-peer",
-                 str(ports["litserve"])], stdout=logs["litserve"], stderr=subprocess.STDOUT),
-        }
-        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        logs = {name: open(Path(tmp) / f"{name}.log", "w") for name in names}
+        procs = {name: subprocess.Popen(commands[name], stdout=logs[name], stderr=subprocess.STDOUT,
+                                        start_new_session=True) for name in names}
         try:
-            for name in procs:
-                wait_ready(urls[name], procs[name])
-            requests = {
-                "ganserve": lambda c, s: _get(c, f"{urls['ganserve']}/generate?seed={s}"),
-                "litserve": lambda c, s: _post(c, f"{urls['litserve']}/predict", {"seed": s}),
-            }
+            for name in names:
+                wait_ready(name, probes[name], procs[name], Path(tmp) / f"{name}.log")
+            # What each server costs the machine while it waits. An idle server's background work (polling,
+            # heartbeats) would slow whichever server is being measured, so during each turn every other server's
+            # process group is stopped (SIGSTOP) and continued after it; the warm-up that starts each turn absorbs
+            # the thaw.
+            trees = {name: process_tree(proc.pid) for name, proc in procs.items()}
+            before = {name: cpu_seconds(pids) for name, pids in trees.items()}
+            time.sleep(10)
+            idle = {name: (cpu_seconds(trees[name]) - before[name]) / 10 for name in names}
+            print("# idle CPU use, cores: " + ", ".join(f"{NAMES[n]} {idle[n]:.3f}" for n in names), flush=True)
             print(f"# {args.model}, backend {args.backend}, {args.workers} processes x 1 thread, max batch "
                   f"{args.max_batch_size}; {args.rounds} rounds of {args.duration:g} s", flush=True)
-            print("| clients | ganserve img/s | p50 / p99 ms | LitServe LitAPI img/s | p50 / p99 ms | "
-                  "ganserve / LitServe |")
-            print("| ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
+            header = ["clients"] + [f"{NAMES[n]} img/s | p50 / p99 ms" for n in names] + \
+                     [f"ganserve / {NAMES[n]}" for n in peers]
+            print("| " + " | ".join(header) + " |")
+            print("|" + " ---: |" * (1 + 2 * len(names) + len(peers)), flush=True)
             for clients in (int(c) for c in args.concurrency.split(",")):
-                rows: dict[str, list[dict]] = {name: [] for name in procs}
+                rows: dict[str, list[dict]] = {name: [] for name in names}
                 for r in range(args.rounds):
-                    for name in (("ganserve", "litserve") if r % 2 == 0 else ("litserve", "ganserve")):
-                        rows[name].append(asyncio.run(load(requests[name], clients, args.warmup, args.duration)))
+                    for name in names[r % len(names):] + names[:r % len(names)]:
+                        others = [procs[n].pid for n in names if n != name]
+                        for pid in others:  # the others are frozen (SIGSTOP) while one is measured, see above
+                            os.killpg(pid, signal.SIGSTOP)
+                        try:
+                            rows[name].append(asyncio.run(load(requests[name], clients, args.warmup, args.duration)))
+                        finally:
+                            for pid in others:
+                                os.killpg(pid, signal.SIGCONT)
                 med = {name: {k: statistics.median(row[k] for row in rows[name]) for k in rows[name][0]}
                        for name in rows}
-                g, lt = med["ganserve"], med["litserve"]
-                print(f"| {clients} | {g['images_per_s']:.0f} | {g['p50_ms']:.0f} / {g['p99_ms']:.0f} | "
-                      f"{lt['images_per_s']:.0f} | {lt['p50_ms']:.0f} / {lt['p99_ms']:.0f} | "
-                      f"{g['images_per_s'] / lt['images_per_s']:.2f} |", flush=True)
+                cells = [str(clients)]
+                cells += [f"{med[n]['images_per_s']:.0f} | {med[n]['p50_ms']:.0f} / {med[n]['p99_ms']:.0f}"
+                          for n in names]
+                cells += [f"{med['ganserve']['images_per_s'] / med[n]['images_per_s']:.2f}" for n in peers]
+                print("| " + " | ".join(cells) + " |", flush=True)
         finally:
-            for proc in procs.values():
-                proc.terminate()
+            for proc in procs.values():  # the whole group: LitServe's workers outlive a SIGTERM to its main process
+                os.killpg(proc.pid, signal.SIGCONT)
+                os.killpg(proc.pid, signal.SIGTERM)
             for proc in procs.values():
                 try:
-                    proc.wait(30)
+                    proc.wait(60)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
+            for name in names:
+                logs[name].close()
+                if procs[name].returncode not in (0, -15):
+                    tail = (Path(tmp) / f"{name}.log").read_text()[-3000:]
+                    print(f"# {name} log (exit {procs[name].returncode}):\n{tail}")
 
 
 async def _get(client: httpx.AsyncClient, url: str) -> bytes:

@@ -23,6 +23,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(root: int) -> set[int]:
+    """A process and all below it (Linux: read from /proc)."""
+    out, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        out.add(pid)
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                todo += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 class ServerProcess:
     """`ganserve serve MODELS FLAGS --host 127.0.0.1 --port PORT` in its own session (process group)."""
 
@@ -59,16 +73,7 @@ class ServerProcess:
 
     def descendants(self) -> set[int]:
         """The server's process and all below it (Linux: read from /proc)."""
-        out, todo = set(), [self.proc.pid] if self.proc else []
-        while todo:
-            pid = todo.pop()
-            out.add(pid)
-            try:
-                for task in os.listdir(f"/proc/{pid}/task"):
-                    todo += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-            except OSError:
-                pass
-        return out
+        return process_tree(self.proc.pid) if self.proc else set()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Send `sig` to the main process and wait for it to exit; returns its exit status."""
