@@ -15,13 +15,15 @@ queues with about 0.2 of a core, which would otherwise be taken from the server 
 Reports images/s and p50/p99 per server and concurrency, and ganserve / peer from the medians.
 
     python benchmarks/peers.py [--peers litserve,ray] [--ray-python PATH] [--model stylegan-emoji64] [--backend torch]
-        [--workers 2] [--max-batch-size 32] [--concurrency 1,8,32] [--duration 10] [--rounds 2]
+        [--workers 2] [--max-batch-size 32] [--concurrency 1,8,32] [--duration 10] [--rounds 2] [--csv FILE]
+    python benchmarks/peers.py --plot PNG --from FILE[,FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import os
 import random
 import signal
@@ -170,6 +172,10 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--csv", type=Path, help="also write the medians here (server, clients, images/s, p50, p99)")
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="plot images/s and p99 against clients from the --csv files given as --from and exit")
+    p.add_argument("--from", dest="sources", default="", help="with --plot: comma-separated CSV files, a row each")
     p.add_argument("--serve-peer", type=int, help=argparse.SUPPRESS)  # internal: run the LitServe peer on this port
     p.add_argument("--serve-ray", type=int, help=argparse.SUPPRESS)  # internal: run the Ray Serve peer on this port
     args = p.parse_args()
@@ -178,6 +184,9 @@ def main() -> None:
         return
     if args.serve_ray:
         serve_ray(args.model, args.backend, args.workers, args.max_batch_size, args.serve_ray)
+        return
+    if args.plot:
+        plot([Path(f) for f in args.sources.split(",") if f], args.plot)
         return
     peers = [name.strip() for name in args.peers.split(",") if name.strip()]
     if unknown := [name for name in peers if name not in NAMES or name == "ganserve"]:
@@ -232,6 +241,7 @@ def main() -> None:
                      [f"ganserve / {NAMES[n]}" for n in peers]
             print("| " + " | ".join(header) + " |")
             print("|" + " ---: |" * (1 + 2 * len(names) + len(peers)), flush=True)
+            table: list[dict] = []
             for clients in (int(c) for c in args.concurrency.split(",")):
                 rows: dict[str, list[dict]] = {name: [] for name in names}
                 for r in range(args.rounds):
@@ -251,6 +261,12 @@ def main() -> None:
                           for n in names]
                 cells += [f"{med['ganserve']['images_per_s'] / med[n]['images_per_s']:.2f}" for n in peers]
                 print("| " + " | ".join(cells) + " |", flush=True)
+                table += [{"server": n, "clients": clients, **med[n], "backend": args.backend} for n in names]
+            if args.csv:
+                with open(args.csv, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=list(table[0]))
+                    writer.writeheader()
+                    writer.writerows(table)
         finally:
             for proc in procs.values():  # the whole group: LitServe's workers outlive a SIGTERM to its main process
                 os.killpg(proc.pid, signal.SIGCONT)
@@ -265,6 +281,40 @@ def main() -> None:
                 if procs[name].returncode not in (0, -15):
                     tail = (Path(tmp) / f"{name}.log").read_text()[-3000:]
                     print(f"# {name} log (exit {procs[name].returncode}):\n{tail}")
+
+
+def plot(sources: list[Path], path: Path) -> None:
+    """images/s and p99 latency against clients, one row of two panels per CSV (e.g. one per backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(sources), 2, figsize=(11, 3.8 * len(sources)), squeeze=False)
+    for (ax1, ax2), source in zip(axes, sources, strict=True):
+        with open(source) as f:
+            rows = list(csv.DictReader(f))
+        levels = sorted({int(r["clients"]) for r in rows})
+        for name in dict.fromkeys(r["server"] for r in rows):
+            pts = sorted((int(r["clients"]), float(r["images_per_s"]), float(r["p99_ms"]))
+                         for r in rows if r["server"] == name)
+            ax1.plot([q[0] for q in pts], [q[1] for q in pts], marker="o", label=NAMES.get(name, name))
+            ax2.plot([q[0] for q in pts], [q[2] for q in pts], marker="o", label=NAMES.get(name, name))
+        for ax, ylabel in ((ax1, "images / s"), (ax2, "p99 latency (ms)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(levels, [str(x) for x in levels])
+            ax.set_xlabel("clients (requests in flight)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"backend {rows[0]['backend']}", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        ax1.set_ylim(bottom=0)
+        ax2.set_yscale("log")
+    fig.suptitle("The same generator behind ganserve serve, a plain LitServe LitAPI and Ray Serve (2-core CPU)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 async def _get(client: httpx.AsyncClient, url: str) -> bytes:
