@@ -1,3 +1,5 @@
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,21 @@ def test_seed_to_z_follows_the_nvlabs_randomstate_convention():
     assert np.array_equal(z, np.random.RandomState(42).randn(512).astype(np.float32))
     assert np.array_equal(seeds_to_z([42, 7], 512)[1], seed_to_z(7, 512))
     assert np.array_equal(seed_to_z(MAX_SEED, 8), np.random.RandomState(MAX_SEED).randn(8).astype(np.float32))
+
+
+def test_seed_to_z_reuses_no_state_between_seeds_or_threads():
+    # odd sizes leave a cached gaussian in a RandomState; reseeding must drop it, and threads must not share one
+    expected = {(s, d): np.random.RandomState(s).randn(d).astype(np.float32) for s in range(20) for d in (1, 3, 7, 128)}
+    for (s, d), z in expected.items():
+        assert np.array_equal(seed_to_z(s, d), z)
+
+    def check(offset: int) -> bool:
+        keys = list(expected)
+        return all(np.array_equal(seed_to_z(*keys[(i + offset) % len(keys)]), expected[keys[(i + offset) % len(keys)]])
+                   for i in range(len(keys) * 20))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(check, range(0, 80, 20)))
 
 
 def test_seed_to_z_ignores_the_global_rng():

@@ -7,6 +7,7 @@ lists and psi that need no model are in ganserve.schema.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,11 +16,21 @@ import torch
 from ganserve.errors import SpecError
 from ganserve.schema import INT_PATTERN, LAYER_PRESETS, RANGE_PATTERN, check_psi, check_seed
 
-
 # -- seeds ---------------------------------------------------------------------------------------------------
+_rng = threading.local()  # one RandomState per thread, reseeded per seed
+
+
 def seed_to_z(seed: int, z_dim: int) -> np.ndarray:
-    """The latent of a seed: np.random.RandomState(seed).randn(z_dim) as float32 (NVlabs' convention)."""
-    return np.random.RandomState(check_seed(seed)).randn(z_dim).astype(np.float32)
+    """The latent of a seed: np.random.RandomState(seed).randn(z_dim) as float32 (NVlabs' convention).
+
+    Reseeding a thread's RandomState gives the same numbers as a new one and costs 4 us instead of about 95 (a new
+    RandomState allocates its generator and lock): 4% of a CPU worker's time per image on the bundled model.
+    """
+    state = getattr(_rng, "state", None)
+    if state is None:
+        state = _rng.state = np.random.RandomState()
+    state.seed(check_seed(seed))
+    return state.randn(z_dim).astype(np.float32)
 
 
 def seeds_to_z(seeds: Sequence[int], z_dim: int) -> np.ndarray:
