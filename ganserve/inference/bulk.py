@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ganserve.devices import cpu_cores, cpu_threads_per_worker, setup_cpu_inference
 from ganserve.imaging import encode
@@ -59,32 +61,54 @@ def write_images(backend: Backend, specs: Sequence[SampleSpec], outdir: Path, fm
                  progress: Callable[[int], None] = lambda n: None) -> np.ndarray | None:
     """Generate `specs` with `backend` and write OUTDIR/seedNNNN.FMT for each (latentNNNN.FMT, NNNN its place in
     `specs`, for a spec with a z or w in place of a seed); with `keep` also return the pixels
-    [N, H, W, C] in spec order. With workers > 1 (and more than one batch to share) that many processes each load
-    the same backend (from backend.model_dir: a model directory or the export the backend runs) and take batches
-    of at most `batch_size`, as many as needed to give each a share. `progress(n)` is called as n images are done."""
+    [N, H, W, C] in spec order. `progress(n)` is called as n images are done.
+
+    With workers > 1 (and more than one batch to share) this process and workers - 1 others, which each load the same
+    backend (from backend.model_dir: a model directory or the export the backend runs), take batches of at most
+    `batch_size` from one queue. This process starts at once, while the others are still importing and loading, so
+    their start-up is not dead time; each of the others keeps two batches queued so that it never waits for this
+    one to hand it work."""
     outdir.mkdir(parents=True, exist_ok=True)
     size = max(1, min(batch_size, math.ceil(len(specs) / max(1, workers))))  # a share for every process
     batches = list(iter_batches(specs, size))
     starts = [i * size for i in range(len(batches))]
     workers = min(workers, len(batches))
-    results: list[np.ndarray | None] = []
+    results: list[np.ndarray | None] = [None] * len(batches)
+
+    def run_here(i: int) -> None:
+        n, results[i] = _write_batch(backend, batches[i], starts[i], outdir, fmt, keep)
+        progress(n)
+
     if workers <= 1:
-        for start, batch in zip(starts, batches):
-            n, pixels = _write_batch(backend, batch, start, outdir, fmt, keep)
-            results.append(pixels)
-            progress(n)
+        for i in range(len(batches)):
+            run_here(i)
     else:
         options = {"precision": backend.precision} if backend.name in ("torch", "compile") else {}
-        init = (backend.name, str(backend.model_dir), str(backend.device), options, cpu_threads_per_worker(workers))
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
-                                 initargs=init) as pool:
-            futures = [pool.submit(_worker_batch, batch, start, outdir, fmt, keep)
-                       for start, batch in zip(starts, batches)]
-            for future in futures:
-                n, pixels = future.result()
-                results.append(pixels)
-                progress(n)
+        threads = cpu_threads_per_worker(workers)
+        init = (backend.name, str(backend.model_dir), str(backend.device), options, threads)
+        todo = deque(range(len(batches)))
+        running: dict[Future, int] = {}
+        own_threads = torch.get_num_threads()
+        if backend.device.type == "cpu":
+            torch.set_num_threads(threads)  # this process is one of the workers (an ONNX Runtime session keeps its own)
+        try:
+            with ProcessPoolExecutor(workers - 1, mp_context=mp.get_context("spawn"), initializer=_start_worker,
+                                     initargs=init) as pool:
+                while todo or running:
+                    while todo and len(running) < 2 * (workers - 1):
+                        i = todo.popleft()
+                        running[pool.submit(_worker_batch, batches[i], starts[i], outdir, fmt, keep)] = i
+                    if todo:
+                        run_here(todo.pop())  # from the far end: the others take theirs from the front
+                    else:
+                        wait(running, return_when=FIRST_COMPLETED)
+                    for future in [f for f in running if f.done()]:
+                        i = running.pop(future)
+                        n, results[i] = future.result()
+                        progress(n)
+        finally:
+            torch.set_num_threads(own_threads)
     if not keep:
         return None
     r, c = backend.config.resolution, backend.config.img_channels
-    return np.concatenate(results) if results else np.zeros((0, r, r, c), np.uint8)
+    return np.concatenate(results) if batches else np.zeros((0, r, r, c), np.uint8)
