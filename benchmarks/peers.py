@@ -172,6 +172,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--idle-seconds", type=float, default=10.0, help="how long each server's idle CPU use is measured")
     p.add_argument("--csv", type=Path, help="also write the medians here (server, clients, images/s, p50, p99)")
     p.add_argument("--plot", type=Path, metavar="PNG",
                    help="plot images/s and p99 against clients from the --csv files given as --from and exit")
@@ -191,8 +192,7 @@ def main() -> None:
     peers = [name.strip() for name in args.peers.split(",") if name.strip()]
     if unknown := [name for name in peers if name not in NAMES or name == "ganserve"]:
         p.error(f"--peers: unknown {', '.join(unknown)} (choose from litserve, ray)")
-    if "ray" in peers and subprocess.run([args.ray_python, "-c", "import ray.serve, ganserve"],
-                                         capture_output=True).returncode != 0:
+    if "ray" in peers and not _imports(args.ray_python, "ray.serve, ganserve"):
         p.error(f"--peers ray: {args.ray_python} cannot import ray.serve and ganserve; give --ray-python the Python of "
                 "an environment with both (e.g. python -m venv --system-site-packages ENV && ENV/bin/pip install "
                 "'ray[serve]')")
@@ -201,13 +201,16 @@ def main() -> None:
     ports = {name: free_port() for name in names}
     common = ["--model", args.model, "--backend", args.backend, "--workers", str(args.workers), "--max-batch-size",
               str(args.max_batch_size)]
-    commands = {
-        "ganserve": [sys.executable, "-m", "ganserve.cli", "serve", args.model, "--backend", args.backend, "--device",
-                     "cpu", "--workers-per-device", str(args.workers), "--cpu-threads", "1", "--max-batch-size",
-                     str(args.max_batch_size), "--port", str(ports["ganserve"]), "--log-level", "warning"],
-        "litserve": [sys.executable, __file__, *common, "--serve-peer", str(ports["litserve"])],
-        "ray": [args.ray_python, __file__, *common, "--serve-ray", str(ports["ray"])],
-    }
+    def command(name: str) -> list[str]:
+        port = str(ports[name])
+        if name == "ganserve":
+            return [sys.executable, "-m", "ganserve.cli", "serve", args.model, "--backend", args.backend, "--device",
+                    "cpu", "--workers-per-device", str(args.workers), "--cpu-threads", "1", "--max-batch-size",
+                    str(args.max_batch_size), "--port", port, "--log-level", "warning"]
+        if name == "litserve":
+            return [sys.executable, __file__, *common, "--serve-peer", port]
+        return [args.ray_python, __file__, *common, "--serve-ray", port]
+
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     requests = {
         "ganserve": lambda c, s: _get(c, f"{urls['ganserve']}/generate?seed={s}"),
@@ -221,7 +224,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
         logs = {name: open(Path(tmp) / f"{name}.log", "w") for name in names}
-        procs = {name: subprocess.Popen(commands[name], stdout=logs[name], stderr=subprocess.STDOUT,
+        procs = {name: subprocess.Popen(command(name), stdout=logs[name], stderr=subprocess.STDOUT,
                                         start_new_session=True) for name in names}
         try:
             for name in names:
@@ -232,8 +235,8 @@ def main() -> None:
             # the thaw.
             trees = {name: process_tree(proc.pid) for name, proc in procs.items()}
             before = {name: cpu_seconds(pids) for name, pids in trees.items()}
-            time.sleep(10)
-            idle = {name: (cpu_seconds(trees[name]) - before[name]) / 10 for name in names}
+            time.sleep(args.idle_seconds)
+            idle = {name: (cpu_seconds(trees[name]) - before[name]) / args.idle_seconds for name in names}
             print("# idle CPU use, cores: " + ", ".join(f"{NAMES[n]} {idle[n]:.3f}" for n in names), flush=True)
             print(f"# {args.model}, backend {args.backend}, {args.workers} processes x 1 thread, max batch "
                   f"{args.max_batch_size}; {args.rounds} rounds of {args.duration:g} s", flush=True)
@@ -281,6 +284,13 @@ def main() -> None:
                 if procs[name].returncode not in (0, -15):
                     tail = (Path(tmp) / f"{name}.log").read_text()[-3000:]
                     print(f"# {name} log (exit {procs[name].returncode}):\n{tail}")
+
+
+def _imports(python: str, modules: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", f"import {modules}"], capture_output=True).returncode == 0
+    except OSError:  # no such interpreter
+        return False
 
 
 def plot(sources: list[Path], path: Path) -> None:

@@ -9,8 +9,11 @@ import csv
 import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +167,49 @@ def test_soak_plateau_compares_the_last_third_of_the_load_with_the_middle_third(
     assert plateau(flat + cooldown, ["m"], 3.0)["plateau"]
     verdict = plateau(growing, ["m"], 3.0)
     assert not verdict["plateau"] and verdict["series"]["m"]["growth_pct"] == round(100 * 10 / 114.5, 2)
+
+
+def _processes_with(marker: str) -> list[str]:
+    """Command lines of the processes whose environment holds `marker` (what a benchmark started and left behind)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+        except OSError:
+            pass
+    return found
+
+
+def test_peers_measures_ganserve_and_litserve_writes_csv_and_plot_and_leaves_no_process(model_dirs, tmp_path):
+    marker = f"GANSERVE_PEERS_TEST={uuid.uuid4().hex}"
+    csv_path, png = tmp_path / "peers.csv", tmp_path / "peers.png"
+    cmd = [sys.executable, str(BENCHMARKS / "peers.py"), "--peers", "litserve", "--model", model_dirs["stylegan"],
+           "--workers", "1", "--concurrency", "1,2", "--duration", "1", "--warmup", "0.3", "--rounds", "2",
+           "--idle-seconds", "0.5", "--csv", str(csv_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                         env={**os.environ, marker.split("=")[0]: marker.split("=")[1]})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "# idle CPU use, cores: ganserve " in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2
+    with open(csv_path) as f:
+        table = list(csv.DictReader(f))
+    expected = {(server, clients) for server in ("ganserve", "litserve") for clients in (1, 2)}
+    assert {(r["server"], int(r["clients"])) for r in table} == expected
+    assert all(float(r["images_per_s"]) > 0 and float(r["p99_ms"]) >= float(r["p50_ms"]) > 0 for r in table)
+    # every server process is gone, LitServe's workers included (they outlived a SIGTERM to its main process)
+    deadline = time.monotonic() + 20
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, left
+
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "peers.py"), "--plot", str(png), "--from", str(csv_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert Image.open(png).size[0] > 500
+
+    # Ray from an interpreter without it: a clear error before any server starts
+    no_ray = subprocess.run([sys.executable, str(BENCHMARKS / "peers.py"), "--peers", "ray", "--ray-python",
+                             sys.executable + "-missing"], capture_output=True, text=True, timeout=60)
+    assert no_ray.returncode == 2 and "cannot import ray.serve and ganserve" in no_ray.stderr
