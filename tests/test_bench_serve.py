@@ -213,3 +213,15 @@ def test_peers_measures_ganserve_and_litserve_writes_csv_and_plot_and_leaves_no_
     no_ray = subprocess.run([sys.executable, str(BENCHMARKS / "peers.py"), "--peers", "ray", "--ray-python",
                              sys.executable + "-missing"], capture_output=True, text=True, timeout=60)
     assert no_ray.returncode == 2 and "cannot import ray.serve and ganserve" in no_ray.stderr
+
+
+@needs_locust
+def test_bulk_vs_serve_times_the_command_and_the_server(model_dirs):
+    cmd = [sys.executable, str(BENCHMARKS / "bulk_vs_serve.py"), "--model", model_dirs["stylegan"], "--seeds", "24",
+           "--concurrency", "2", "--duration", "1", "--rounds", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("medians: generate ") and "generate / serve " in last
+    generate, serve = (float(part.split()[-2]) for part in last.split(": ", 1)[1].split(", ")[:2])
+    assert generate > 0 and serve > 0
