@@ -11,7 +11,7 @@ The peers are what their documentation shows:
 A closed-loop load (C clients, each sending its next request when the previous answer is in, random seeds) runs
 against each server in turn, the order rotating every round. Every server stays up throughout, and while one is
 measured the others are frozen (SIGSTOP of their process groups, SIGCONT after): idle, a LitServe server polls its
-queues with about 0.2 of a core, which would otherwise be taken from the server being measured.
+queues with about 0.3 of a core, which would otherwise be taken from the server being measured.
 Reports images/s and p50/p99 per server and concurrency, and ganserve / peer from the medians.
 
     python benchmarks/peers.py [--peers litserve,ray] [--ray-python PATH] [--model stylegan-emoji64] [--backend torch]
@@ -251,12 +251,12 @@ def main() -> None:
                     for name in names[r % len(names):] + names[:r % len(names)]:
                         others = [procs[n].pid for n in names if n != name]
                         for pid in others:  # the others are frozen (SIGSTOP) while one is measured, see above
-                            os.killpg(pid, signal.SIGSTOP)
+                            _signal_group(pid, signal.SIGSTOP)
                         try:
                             rows[name].append(asyncio.run(load(requests[name], clients, args.warmup, args.duration)))
                         finally:
                             for pid in others:
-                                os.killpg(pid, signal.SIGCONT)
+                                _signal_group(pid, signal.SIGCONT)
                 med = {name: {k: statistics.median(row[k] for row in rows[name]) for k in rows[name][0]}
                        for name in rows}
                 cells = [str(clients)]
@@ -272,18 +272,27 @@ def main() -> None:
                     writer.writerows(table)
         finally:
             for proc in procs.values():  # the whole group: LitServe's workers outlive a SIGTERM to its main process
-                os.killpg(proc.pid, signal.SIGCONT)
-                os.killpg(proc.pid, signal.SIGTERM)
+                _signal_group(proc.pid, signal.SIGCONT)
+                _signal_group(proc.pid, signal.SIGTERM)
             for proc in procs.values():
                 try:
                     proc.wait(60)
                 except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    _signal_group(proc.pid, signal.SIGKILL)
             for name in names:
                 logs[name].close()
                 if procs[name].returncode not in (0, -15):
                     tail = (Path(tmp) / f"{name}.log").read_text()[-3000:]
                     print(f"# {name} log (exit {procs[name].returncode}):\n{tail}")
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal a server's process group; one already gone (a server that failed to start) is not an error, so that
+    the cleanup does not hide the failure."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _imports(python: str, modules: str) -> bool:
@@ -320,8 +329,7 @@ def plot(sources: list[Path], path: Path) -> None:
             ax.legend(fontsize=8)
         ax1.set_ylim(bottom=0)
         ax2.set_yscale("log")
-    fig.suptitle("The same generator behind ganserve serve, a plain LitServe LitAPI and Ray Serve (2-core CPU)",
-                 fontsize=10)
+    fig.suptitle("The same generator behind ganserve serve, a plain LitServe LitAPI and Ray Serve", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
