@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1024)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--duration", type=float, default=10.0, help="seconds of server load per round (default 10)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each round's measurement")
     p.add_argument("--rounds", type=int, default=4)
     args = p.parse_args()
 
@@ -47,7 +48,7 @@ def main() -> None:
             start = time.monotonic()
             subprocess.run(cmd, check=True)
             bulk.append(args.seeds / (time.monotonic() - start))
-            result = run_locust(server.url, args.concurrency, 3.0, args.duration, Path(tmp), 10**9)
+            result = run_locust(server.url, args.concurrency, args.warmup, args.duration, Path(tmp), 10**9)
             served.append(result["images_per_s"])
             print(f"round {r + 1}/{args.rounds}: generate {bulk[-1]:.1f} img/s (whole command), "
                   f"serve c={args.concurrency} {served[-1]:.1f} img/s", flush=True)

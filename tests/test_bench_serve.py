@@ -218,7 +218,7 @@ def test_peers_measures_ganserve_and_litserve_writes_csv_and_plot_and_leaves_no_
 @needs_locust
 def test_bulk_vs_serve_times_the_command_and_the_server(model_dirs):
     cmd = [sys.executable, str(BENCHMARKS / "bulk_vs_serve.py"), "--model", model_dirs["stylegan"], "--seeds", "24",
-           "--concurrency", "2", "--duration", "1", "--rounds", "1"]
+           "--concurrency", "2", "--warmup", "1", "--duration", "3", "--rounds", "1"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
