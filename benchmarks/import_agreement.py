@@ -162,8 +162,7 @@ def main() -> None:
             sys.exit(f"ganserve import failed: {r.stderr.strip()}")
         sys.path.insert(0, str(REPO))
         from ganserve.imaging import to_uint8
-        from ganserve.models.latents import seeds_to_z, truncation
-        from ganserve.models.stylegan3 import image_transform, make_transform
+        from ganserve.models.latents import image_transform, make_transform, seeds_to_z, truncation
         from ganserve.models.weights import load_model
 
         moving = {}

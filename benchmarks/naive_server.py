@@ -50,7 +50,7 @@ def build_app(model: str, backend: str = "auto", device: str = "auto", cpu_threa
     @app.get("/generate")
     def generate(seed: int = Query(ge=0, le=MAX_SEED)) -> Response:
         spec = make_spec(generator.config, seed)
-        pixels = generator.run(generator.prepare([spec])).cpu().numpy()[0]
+        pixels = generator.run_host(generator.prepare([spec]))[0]
         return Response(encode(pixels, "png", PNG_LEVEL), media_type="image/png",
                         headers={"X-Seed": str(seed), "X-Batch-Size": "1"})
 

@@ -142,7 +142,7 @@ def _ceiling_worker(model, backend, device, cpu_threads, encode_threads, sizes, 
     def batch(size: int):
         seeds = list(range(next_seed[0], next_seed[0] + size))
         next_seed[0] += size
-        return generator.run(generator.prepare(make_specs(generator.config, seeds))).cpu().numpy()
+        return generator.run_host(generator.prepare(make_specs(generator.config, seeds)))
 
     def encoded_at(pixels) -> float:
         encode(pixels, "png", PNG_LEVEL)

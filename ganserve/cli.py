@@ -11,8 +11,6 @@ import importlib
 import sys
 from pathlib import Path
 
-import torch
-
 from ganserve.errors import GanserveError, UsageError
 from ganserve.models.config import ARCHS, ModelConfig
 from ganserve.models.weights import DEFAULT_MODEL
@@ -62,6 +60,8 @@ def _add_arch_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 # -- info ------------------------------------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> None:
+    import torch
+
     from ganserve.models import build_generator
     from ganserve.models.weights import load_config, resolve_model
 
@@ -107,6 +107,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 # -- init ------------------------------------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> None:
+    import torch
+
     from ganserve.models import build_generator
     from ganserve.models.weights import CONFIG_NAME, save_model
 

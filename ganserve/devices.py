@@ -1,6 +1,6 @@
 """Device selection: 'auto' means CUDA when available, else CPU; asking for a device that is absent is an error.
 
-Owns the one rule that turns a --device flag into a torch.device, and how a process is set up for CPU inference.
+Owns the one rule that turns a --device flag into a Device, and how a process is set up for CPU inference.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import math
 import os
 import sys
 from pathlib import Path
-
-import torch
 
 from ganserve.errors import UsageError
 
@@ -24,15 +22,59 @@ MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts on 64-bit: blocks below t
 TRIM_THRESHOLD = 256 << 20  # free memory at the top of the heap is given back to the kernel only beyond this
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+class Device(str):
+    """A resolved device ("cpu", "cuda", "cuda:1") with torch.device's `type` and `index`. It is a str, which torch
+    takes wherever it takes a device, so that a process running an exported model on the CPU need not import torch
+    (about a second) to name its device."""
+
+    @property
+    def type(self) -> str:
+        return self.partition(":")[0]
+
+    @property
+    def index(self) -> int | None:
+        return int(self.partition(":")[2]) if ":" in self else None
+
+    def __eq__(self, other: object) -> bool:  # equal to the torch.device of the same name, too
+        if isinstance(other, str):
+            return str.__eq__(self, other)
+        if hasattr(other, "type") and hasattr(other, "index"):
+            return (self.type, self.index) == (other.type, other.index)
+        return NotImplemented
+
+    __hash__ = str.__hash__
+
+
+# Where a GPU that torch could use shows itself without torch: NVIDIA's driver, WSL's GPU, ROCm's kernel driver.
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+
+def resolve_device(name: str = "auto") -> Device:
+    """'auto': CUDA when torch sees a GPU, else the CPU; 'cpu'; 'cuda' or 'cuda:N' (an error without a GPU).
+
+    'auto' imports torch to ask only where a GPU driver is present (or torch is loaded already, or the system is not
+    Linux, where the check below does not apply)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if "torch" not in sys.modules and sys.platform.startswith("linux") and not any(
+                os.path.exists(p) for p in GPU_DRIVER_PATHS):
+            return Device("cpu")
+        import torch
+
+        return Device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
+        import torch
+
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            device = None
+        if device is None or device.type != "cuda":
+            raise UsageError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}")
         if not torch.cuda.is_available():
             raise UsageError(f"device {name!r} asked for, but this machine has no CUDA GPU (torch sees none)")
-        return torch.device(name)
+        return Device(str(device))
     if name == "cpu":
-        return torch.device("cpu")
+        return Device("cpu")
     raise UsageError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}")
 
 
@@ -80,6 +122,8 @@ def setup_cpu_inference(threads: int | None = None) -> None:
     """What a process that runs a generator on the CPU does first: torch's intra-op threads (when given), and
     keep_freed_memory."""
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
     keep_freed_memory()
 

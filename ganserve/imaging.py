@@ -9,18 +9,27 @@ import io
 import struct
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ganserve.errors import UsageError
 
+if TYPE_CHECKING:
+    import torch
+
 FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 
 
-def to_uint8(img: torch.Tensor) -> torch.Tensor:
-    """[N, C, H, W] float in about [-1, 1] -> [N, H, W, C] uint8 on the same device."""
+def to_uint8(img: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """[N, C, H, W] float in about [-1, 1] -> [N, H, W, C] uint8 on the same device (a numpy array for a numpy
+    array, with the same bits)."""
+    if isinstance(img, np.ndarray):
+        scaled = np.clip(img.astype(np.float32) * np.float32(127.5) + np.float32(128), 0, 255)
+        return np.ascontiguousarray(scaled.astype(np.uint8).transpose(0, 2, 3, 1))
+    import torch
+
     return (img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 

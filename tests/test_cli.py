@@ -1,6 +1,7 @@
 """The `ganserve` console script, run as a user would (a real subprocess)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,28 @@ def test_generate_in_worker_processes_writes_the_files_of_one_process(model_dirs
         assert np.array_equal(one, three), name
     proc = ganserve("generate", *flags, "--workers", "0", "--outdir", str(tmp_path / "0"), check=False)
     assert proc.returncode == 2 and "--workers must be at least 1" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_generate_with_onnx_runtime_runs_where_torch_cannot_be_imported(model_dirs, tmp_path):
+    """With the default backend on the CPU (ONNX Runtime, once its export is in the cache) `generate` imports no
+    torch, in its own process or in its workers: it runs with torch made unimportable, writing the same files."""
+    flags = ["--model", model_dirs["stylegan"], "--seeds", "0-20", "--batch-size", "4", "--device", "cpu",
+             "--workers", "2", "--quiet"]
+    ganserve("generate", *flags, "--outdir", str(tmp_path / "torch-importable"))  # exports to ONNX if needed
+    blocker = tmp_path / "blocker"
+    (blocker / "torch").mkdir(parents=True)
+    (blocker / "torch" / "__init__.py").write_text('raise ImportError("torch is blocked by this test")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")]))}
+    blocked = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "blocked by this test" in blocked.stderr  # the blocker works
+    proc = subprocess.run([sys.executable, "-m", "ganserve.cli", "generate", *flags, "--outdir",
+                           str(tmp_path / "no-torch")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in (tmp_path / "torch-importable").iterdir())
+    assert names == [f"seed{s:04d}.png" for s in range(21)]
+    assert sorted(p.name for p in (tmp_path / "no-torch").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "no-torch" / name).read_bytes() == (tmp_path / "torch-importable" / name).read_bytes()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -27,8 +27,8 @@ from ganserve.imaging import to_uint8
 from ganserve.inference.sampling import make_specs, prepare_batch, run_eager
 from ganserve.models import ModelConfig, build_generator
 from ganserve.models.config import stylegan3_layout
-from ganserve.models.latents import layer_presets, parse_layers, seeds_to_z, truncation
-from ganserve.models.stylegan3 import design_lowpass_filter, make_transform
+from ganserve.models.latents import layer_presets, make_transform, parse_layers, seeds_to_z, truncation
+from ganserve.models.stylegan3 import design_lowpass_filter
 from ganserve.models.weights import load_model, save_model
 
 Z = 16

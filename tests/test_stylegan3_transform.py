@@ -21,7 +21,7 @@ from ganserve.client import Client, ServerError
 from ganserve.errors import SpecError
 from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import make_spec, prepare_batch, run_eager
-from ganserve.models.stylegan3 import image_transform, make_transform
+from ganserve.models.latents import image_transform, make_transform
 from ganserve.models.weights import load_model, save_model
 from ganserve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess

@@ -11,19 +11,29 @@ import os
 import platform
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+import numpy as np
 
 from ganserve.errors import ExportError, UsageError
 from ganserve.models.weights import CONFIG_NAME, WEIGHTS_NAME, weights_sha256
+
+if TYPE_CHECKING:
+    import torch
 
 MANIFEST_NAME = "manifest.json"
 EXTRAS_NAME = "latents.safetensors"  # w_avg and the constant noise buffers, used outside the graphs
 MANIFEST_FORMAT = "ganserve-export"
 MANIFEST_VERSION = 1
 FORMATS = ("onnx", "tensorrt")
+
+# The ONNX export (ganserve.export.onnx_export), named here so that running one needs no torch.
+DEFAULT_OPSET = 18
+EXPORTER_VERSION = 3  # bumped whenever the graphs change: older exports are then redone by the backend
+DEFAULT_MAX_BATCH = 64
+MAPPING_FILE, SYNTHESIS_FILE = "mapping.onnx", "synthesis.onnx"
+TRANSFORM_INPUT = "transform"  # StyleGAN3's synthesis graph: the per-image input transform [batch, 3, 3]
+OUTPUTS = ("uint8", "float")
 
 
 def cache_dir() -> Path:
@@ -84,6 +94,8 @@ def is_current(export_dir: str | Path, model_dir: str | Path, **expected: Any) -
 
 def versions() -> dict[str, str]:
     """Versions of everything that shaped an artifact (and may be needed to run it)."""
+    import torch
+
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("onnx", "onnxruntime", "onnxscript", "torch_tensorrt", "tensorrt"):
         try:
@@ -106,17 +118,30 @@ def base_manifest(model_dir: str | Path, fmt: str, **fields: Any) -> dict[str, A
 
 
 def save_extras(directory: Path, w_avg: torch.Tensor, const_noise: list[torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
     tensors = {"w_avg": w_avg.detach().cpu().float().contiguous()}
     tensors.update({f"noise_const.{i}": n.detach().cpu().float().contiguous() for i, n in enumerate(const_noise)})
     save_file(tensors, str(directory / EXTRAS_NAME))
 
 
-def load_extras(directory: str | Path, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(w_avg [w_dim], constant noise buffers [1, 1, r, r] in layer order) of an artifact directory."""
-    tensors = load_file(str(Path(directory) / EXTRAS_NAME), device="cpu")
+def load_extras(directory: str | Path, device: torch.device | str | None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]] | tuple[np.ndarray, list[np.ndarray]]:
+    """(w_avg [w_dim], constant noise buffers [1, 1, r, r] in layer order) of an artifact directory: torch tensors on
+    `device`, or numpy arrays with device None."""
+    path = str(Path(directory) / EXTRAS_NAME)
+    if device is None:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(path)
+        move = np.ascontiguousarray
+    else:
+        from safetensors.torch import load_file
+
+        tensors = load_file(path, device="cpu")
+        move = lambda t: t.to(device)  # noqa: E731
     count = sum(1 for k in tensors if k.startswith("noise_const."))
-    noise = [tensors[f"noise_const.{i}"].to(device) for i in range(count)]
-    return tensors["w_avg"].to(device), noise
+    return move(tensors["w_avg"]), [move(tensors[f"noise_const.{i}"]) for i in range(count)]
 
 
 def copy_config(model_dir: str | Path, directory: Path) -> None:

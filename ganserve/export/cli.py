@@ -10,7 +10,7 @@ import errno
 
 from ganserve.cli import MODEL_DEFAULT_HELP
 from ganserve.errors import UsageError
-from ganserve.export.onnx_export import DEFAULT_MAX_BATCH, DEFAULT_OPSET
+from ganserve.export.artifacts import DEFAULT_MAX_BATCH, DEFAULT_OPSET
 
 
 def cmd_export(args: argparse.Namespace) -> None:

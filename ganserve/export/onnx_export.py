@@ -22,6 +22,13 @@ from torch import nn
 
 from ganserve.errors import ExportError, UsageError
 from ganserve.export.artifacts import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_OPSET,
+    EXPORTER_VERSION,
+    MAPPING_FILE,
+    OUTPUTS,
+    SYNTHESIS_FILE,
+    TRANSFORM_INPUT,
     base_manifest,
     copy_config,
     default_export_dir,
@@ -31,15 +38,8 @@ from ganserve.export.artifacts import (
 from ganserve.files import staged_dir
 from ganserve.imaging import to_uint8
 from ganserve.models.generator import ProgressiveGenerator
-from ganserve.models.stylegan3 import image_transform
+from ganserve.models.latents import image_transform
 from ganserve.models.weights import load_model
-
-DEFAULT_OPSET = 18
-EXPORTER_VERSION = 3  # bumped whenever the graphs change: older exports are then redone by the backend
-DEFAULT_MAX_BATCH = 64
-MAPPING_FILE, SYNTHESIS_FILE = "mapping.onnx", "synthesis.onnx"
-TRANSFORM_INPUT = "transform"  # StyleGAN3's synthesis graph: the per-image input transform [batch, 3, 3]
-OUTPUTS = ("uint8", "float")
 
 
 class MappingGraph(nn.Module):

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from ganserve.devices import Device
 from ganserve.inference.sampling import BatchInputs, SampleSpec, iter_batches, prepare_batch
 from ganserve.models.config import ModelConfig
 from ganserve.models.weights import load_config
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Backend:
@@ -21,9 +25,9 @@ class Backend:
 
     name = "base"
 
-    def __init__(self, model_dir: Path, device: torch.device):
+    def __init__(self, model_dir: Path, device: Device | torch.device | str):
         self.model_dir = Path(model_dir)
-        self.device = device
+        self.device = Device(device)
         self.config: ModelConfig = load_config(model_dir)
         self.max_batch_size: int | None = None  # larger requests are split, never refused
         self.noise_resolutions: list[int] = []
@@ -38,18 +42,26 @@ class Backend:
         truncation and mixing on this backend), on self.device."""
         raise NotImplementedError
 
+    def run_host(self, inputs: BatchInputs) -> np.ndarray:
+        """`run` as a host [N, H, W, C] uint8 array (a backend that computes on the host may skip torch)."""
+        return self.run(inputs).cpu().numpy()
+
+    def styles_host(self, inputs: BatchInputs) -> np.ndarray:
+        """`styles` as a host [N, num_ws, w_dim] float32 array."""
+        return self.styles(inputs).float().cpu().numpy()
+
     def latents(self, specs: Sequence[SampleSpec]) -> np.ndarray:
         """The ws of `specs` as a host [N, num_ws, w_dim] float32 array: given back as `w`, each makes the same
         image as its spec."""
         size = self.max_batch_size or len(specs) or 1
         c = self.config
-        parts = [self.styles(self.prepare(batch)).float().cpu().numpy() for batch in iter_batches(specs, size)]
+        parts = [self.styles_host(self.prepare(batch)) for batch in iter_batches(specs, size)]
         return np.concatenate(parts) if parts else np.zeros((0, c.num_ws, c.w_dim), np.float32)
 
     def generate(self, specs: Sequence[SampleSpec], batch_size: int | None = None) -> np.ndarray:
         """Images for `specs` as a host [N, H, W, C] uint8 array, in batches no larger than the backend allows."""
         size = min(x for x in (batch_size, self.max_batch_size, len(specs) or 1) if x)
-        parts = [self.run(self.prepare(batch)).cpu().numpy() for batch in iter_batches(specs, size)]
+        parts = [self.run_host(self.prepare(batch)) for batch in iter_batches(specs, size)]
         if not parts:
             r, c = self.config.resolution, self.config.img_channels
             return np.zeros((0, r, r, c), np.uint8)

@@ -13,7 +13,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ganserve.devices import cpu_cores, cpu_threads_per_worker, setup_cpu_inference
 from ganserve.imaging import encode
@@ -22,6 +21,7 @@ from ganserve.inference.sampling import SampleSpec, iter_batches
 from ganserve.schema import image_filename, latent_filename
 
 _worker_backend: Backend | None = None  # the backend of a worker process (set by _start_worker)
+TORCH_BACKENDS = ("torch", "compile")  # the backends that run on torch's CPU threads
 
 
 def spec_filename(spec: SampleSpec, index: int, fmt: str) -> str:
@@ -42,7 +42,7 @@ def _start_worker(name: str, model_dir: str, device: str, options: dict, threads
     global _worker_backend
     from ganserve.inference.registry import load_backend
 
-    setup_cpu_inference(threads)
+    setup_cpu_inference(threads if name in TORCH_BACKENDS else None)  # ONNX Runtime sessions set their own
     _worker_backend = load_backend(model_dir, name, device, **options)
 
 
@@ -83,14 +83,17 @@ def write_images(backend: Backend, specs: Sequence[SampleSpec], outdir: Path, fm
         for i in range(len(batches)):
             run_here(i)
     else:
-        options = {"precision": backend.precision} if backend.name in ("torch", "compile") else {}
+        on_torch = backend.name in TORCH_BACKENDS and backend.device.type == "cpu"
+        options = {"precision": backend.precision} if backend.name in TORCH_BACKENDS else {}
         threads = cpu_threads_per_worker(workers)
         init = (backend.name, str(backend.model_dir), str(backend.device), options, threads)
         todo = deque(range(len(batches)))
         running: dict[Future, int] = {}
-        own_threads = torch.get_num_threads()
-        if backend.device.type == "cpu":
-            torch.set_num_threads(threads)  # this process is one of the workers (an ONNX Runtime session keeps its own)
+        if on_torch:  # this process is one of the workers
+            import torch
+
+            own_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)
         try:
             with ProcessPoolExecutor(workers - 1, mp_context=mp.get_context("spawn"), initializer=_start_worker,
                                      initargs=init) as pool:
@@ -107,7 +110,8 @@ def write_images(backend: Backend, specs: Sequence[SampleSpec], outdir: Path, fm
                         n, results[i] = future.result()
                         progress(n)
         finally:
-            torch.set_num_threads(own_threads)
+            if on_torch:
+                torch.set_num_threads(own_threads)
     if not keep:
         return None
     r, c = backend.config.resolution, backend.config.img_channels

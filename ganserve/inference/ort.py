@@ -8,17 +8,30 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ganserve.devices import cpu_cores
+from ganserve.devices import Device, cpu_cores
 from ganserve.errors import BackendUnavailable, ExportError
-from ganserve.export.artifacts import default_export_dir, is_current, is_export_dir, load_extras, read_manifest
-from ganserve.export.onnx_export import EXPORTER_VERSION, MAPPING_FILE, SYNTHESIS_FILE, export_onnx
+from ganserve.export.artifacts import (
+    EXPORTER_VERSION,
+    MAPPING_FILE,
+    SYNTHESIS_FILE,
+    default_export_dir,
+    is_current,
+    is_export_dir,
+    load_extras,
+    read_manifest,
+)
 from ganserve.imaging import to_uint8
 from ganserve.inference.backend import Backend
 from ganserve.inference.sampling import BatchInputs, batch_noise, batch_styles, batch_transform
+
+if TYPE_CHECKING:
+    import torch
+
+Array = np.ndarray  # on the CPU the sessions take and give numpy arrays, and no torch is imported
 
 
 def find_onnx_export(model: Path, build: bool = True, progress=None, cached: bool = False) -> Path:
@@ -44,6 +57,8 @@ def find_onnx_export(model: Path, build: bool = True, progress=None, cached: boo
             if _current(out, model):  # another process made it while this one waited
                 return out
             say(f"exporting {model} to ONNX once, into {out}" + (" (the per-user cache)" if cached else ""))
+            from ganserve.export.onnx_export import export_onnx
+
             export_onnx(model, out, progress=say)
     except OSError as e:
         raise BackendUnavailable(f"cannot write the ONNX export {out} ({e.strerror or e}); "
@@ -75,7 +90,8 @@ def _export_lock(out: Path):
 
 
 class OnnxRuntimeBackend(Backend):
-    """ONNX Runtime sessions over the exported graphs; truncation and mixing run in torch between them.
+    """ONNX Runtime sessions over the exported graphs; truncation and mixing run between them, in numpy on the CPU
+    (no torch is imported: a process starts about a second sooner) and in torch on CUDA, with the same bits.
 
     `model_dir` is a model directory (its MODEL_DIR/onnx export is used, made if needed unless build=False) or an
     export folder. CPU sessions use every graph optimisation and one intra-op thread unless `threads` says more:
@@ -86,13 +102,14 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, model_dir: Path, device: torch.device, threads: int | None = None,
+    def __init__(self, model_dir: Path, device: Device | torch.device | str, threads: int | None = None,
                  optimization: str = "all", build: bool = True, cached: bool = False):
         try:
             import onnxruntime as ort
         except ImportError:
             raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)") from None
         self.ort = ort
+        device = Device(device)
         if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailable(f"onnxruntime {ort.__version__} has no CUDA provider here "
                                      "(install onnxruntime-gpu, or use --device cpu)")
@@ -106,7 +123,8 @@ class OnnxRuntimeBackend(Backend):
         self.float_output = self.manifest.get("output") == "float"
         self.noise_names: list[str] = list(self.manifest.get("noise_inputs", []))
         self.transform_name: str | None = self.manifest.get("transform_input")  # StyleGAN3's rotate/translate
-        self.w_avg, self.const_noise = load_extras(self.export_dir, device)
+        self.on_host = device.type == "cpu"
+        self.w_avg, self.const_noise = load_extras(self.export_dir, None if self.on_host else device)
         self.noise_resolutions = [n.shape[-1] for n in self.const_noise]
 
         opts = ort.SessionOptions()
@@ -121,6 +139,8 @@ class OnnxRuntimeBackend(Backend):
         opts.inter_op_num_threads = 1
         self.threads = opts.intra_op_num_threads
         if device.type == "cuda":
+            import torch
+
             self.device_id = device.index if device.index is not None else torch.cuda.current_device()
             cuda = {"device_id": self.device_id,
                     "user_compute_stream": str(torch.cuda.current_stream(self.device_id).cuda_stream)}
@@ -138,50 +158,61 @@ class OnnxRuntimeBackend(Backend):
             running = self.synthesis.get_providers()
             raise BackendUnavailable(f"onnxruntime could not start {wanted} (it runs {running}); "
                                      "check the CUDA/cuDNN libraries that onnxruntime-gpu needs")
-        self._const_cache: dict[int, list[torch.Tensor]] = {}
+        self._const_cache: dict[int, list[Array | torch.Tensor]] = {}
 
     # -- graphs ----------------------------------------------------------------------------------------------
-    def _run_mapping(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    def _run_mapping(self, z: Array | torch.Tensor, c: Array | torch.Tensor | None = None) -> Array | torch.Tensor:
         feeds = {"z": z} if c is None else {"z": z, "c": c}  # c: the one-hot classes of a conditional model
-        if self.device.type == "cuda":
-            return self._bind(self.mapping, feeds, "ws", (len(z), self.config.num_ws, self.config.w_dim),
-                              torch.float32)
-        return torch.from_numpy(self.mapping.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+        if self.on_host:
+            return self.mapping.run(None, feeds)[0]
+        import torch
 
-    def _const(self, n: int) -> list[torch.Tensor]:
+        return self._bind(self.mapping, feeds, "ws", (len(z), self.config.num_ws, self.config.w_dim), torch.float32)
+
+    def _const(self, n: int) -> list[Array | torch.Tensor]:
         """The constant noise buffers repeated to n rows (kept per batch size: batch sizes are few)."""
         if n not in self._const_cache:
             if len(self._const_cache) > 16:
                 self._const_cache.clear()
-            self._const_cache[n] = [c.expand(n, -1, -1, -1).contiguous() for c in self.const_noise]
+            self._const_cache[n] = [
+                np.ascontiguousarray(np.broadcast_to(c, (n, *c.shape[1:]))) if self.on_host
+                else c.expand(n, -1, -1, -1).contiguous() for c in self.const_noise
+            ]
         return self._const_cache[n]
 
-    def synthesize(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None,
-                   transform: torch.Tensor | None = None) -> torch.Tensor:
+    def synthesize(self, ws: Array | torch.Tensor, noise: list | None = None,
+                   transform: Array | torch.Tensor | None = None) -> Array | torch.Tensor:
         """The synthesis graph's own output: [N, H, W, C] uint8, or [N, C, H, W] float32 for an "float" export.
+        On the CPU numpy arrays, or torch tensors for torch tensors; on CUDA torch tensors.
 
         `noise`: per-layer [N, 1, r, r] maps, or None for the constant buffers. `transform` (StyleGAN3): [N, 3, 3]
         input transforms, or None for none.
         """
         n, r, c = len(ws), self.config.resolution, self.config.img_channels
-        feeds = {"ws": ws.contiguous()}
+        feeds = {"ws": ws}
         if self.noise_names:
             feeds.update(zip(self.noise_names, noise if noise is not None else self._const(n)))
         if self.transform_name:
-            feeds[self.transform_name] = transform if transform is not None else torch.eye(3, device=ws.device).expand(
-                n, 3, 3).contiguous()
-        shape, dtype = ((n, r, r, c), torch.uint8) if not self.float_output else ((n, c, r, r), torch.float32)
-        if self.device.type == "cuda":
-            return self._bind(self.synthesis, feeds, "images", shape, dtype)
-        return torch.from_numpy(self.synthesis.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+            if transform is None:  # the identity rows
+                transform = np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
+                transform = transform if self.on_host else ws.new_tensor(transform)
+            feeds[self.transform_name] = transform
+        if self.on_host:
+            if isinstance(ws, np.ndarray):
+                return self.synthesis.run(None, {k: np.ascontiguousarray(v) for k, v in feeds.items()})[0]
+            import torch
 
-    @torch.inference_mode()
-    def styles(self, inputs: BatchInputs) -> torch.Tensor:
-        """ws [N, num_ws, w_dim] of a batch: the mapping graph, then truncation and mixing as everywhere else."""
-        return batch_styles(self._run_mapping, self.w_avg, inputs, self.device)
+            arrays = {k: v if isinstance(v, np.ndarray) else v.contiguous().numpy() for k, v in feeds.items()}
+            return torch.from_numpy(self.synthesis.run(None, arrays)[0])
+        import torch
+
+        shape, dtype = ((n, r, r, c), torch.uint8) if not self.float_output else ((n, c, r, r), torch.float32)
+        return self._bind(self.synthesis, feeds, "images", shape, dtype)
 
     def _bind(self, session, feeds: dict[str, torch.Tensor], output: str, shape: tuple, dtype: torch.dtype):
         """Run a session on CUDA tensors in place: inputs and output are bound to torch memory (no host copies)."""
+        import torch
+
         binding = session.io_binding()
         feeds = {k: v.contiguous() for k, v in feeds.items()}
         for name, t in feeds.items():
@@ -193,15 +224,39 @@ class OnnxRuntimeBackend(Backend):
         session.run_with_iobinding(binding)
         return out
 
-    # -- Backend -------------------------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def run(self, inputs: BatchInputs) -> torch.Tensor:
-        images = self.synthesize(self.styles(inputs), batch_noise(inputs, self.const_noise, self.device),
-                                 batch_transform(inputs, self.device))
+    def _images(self, inputs: BatchInputs) -> Array | torch.Tensor:
+        device = None if self.on_host else self.device
+        images = self.synthesize(batch_styles(self._run_mapping, self.w_avg, inputs, device),
+                                 batch_noise(inputs, self.const_noise, device), batch_transform(inputs, device))
         return to_uint8(images) if self.float_output else images
+
+    # -- Backend -------------------------------------------------------------------------------------------------
+    def styles_host(self, inputs: BatchInputs) -> np.ndarray:
+        if self.on_host:
+            return batch_styles(self._run_mapping, self.w_avg, inputs, None)
+        return super().styles_host(inputs)
+
+    def run_host(self, inputs: BatchInputs) -> np.ndarray:
+        return self._images(inputs) if self.on_host else super().run_host(inputs)
+
+    def styles(self, inputs: BatchInputs) -> torch.Tensor:
+        """ws [N, num_ws, w_dim] of a batch: the mapping graph, then truncation and mixing as everywhere else."""
+        import torch
+
+        if self.on_host:
+            return torch.from_numpy(self.styles_host(inputs))
+        with torch.inference_mode():
+            return batch_styles(self._run_mapping, self.w_avg, inputs, self.device)
+
+    def run(self, inputs: BatchInputs) -> torch.Tensor:
+        import torch
+
+        if self.on_host:
+            return torch.from_numpy(self.run_host(inputs))
+        with torch.inference_mode():
+            return self._images(inputs)
 
     def describe(self) -> str:
         provider = self.synthesis.get_providers()[0].replace("ExecutionProvider", "")
         extra = f", {self.threads} threads" if self.device.type == "cpu" else ""
         return f"{self.name} {self.ort.__version__} ({provider}{extra}, {self.precision}) on {self.device}"
-

@@ -11,14 +11,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ganserve.errors import SpecError, UnsupportedError, UsageError
 from ganserve.imaging import to_uint8
 from ganserve.models.config import ModelConfig
 from ganserve.models.latents import (
+    image_transform,
     noise_for_seed,
     parse_layers,
     seeds_to_z,
@@ -26,7 +27,6 @@ from ganserve.models.latents import (
     truncation,
     truncation_psi_rows,
 )
-from ganserve.models.stylegan3 import image_transform
 from ganserve.schema import (
     DEFAULT_MIX_LAYERS,
     LATENT_MAX,
@@ -36,6 +36,9 @@ from ganserve.schema import (
     check_seed,
     check_translate,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -299,47 +302,62 @@ def iter_batches(specs: Sequence[SampleSpec], batch_size: int) -> Iterator[Seque
         yield specs[i : i + batch_size]
 
 
-def batch_styles(mapping, w_avg: torch.Tensor, inputs: BatchInputs, device: torch.device | str) -> torch.Tensor:
+def _array_ops(device: torch.device | str | None):
+    """(to, cat, where) for a batch's arrays: torch tensors on `device`, or numpy arrays as they are when device is
+    None (ONNX Runtime on the CPU runs without torch; the results have the same bits)."""
+    if device is None:
+        return (lambda a: a), np.concatenate, np.where
+    import torch
+
+    return (lambda a: torch.from_numpy(a).to(device)), torch.cat, torch.where
+
+
+def batch_styles(mapping, w_avg: torch.Tensor | np.ndarray, inputs: BatchInputs,
+                 device: torch.device | str | None) -> torch.Tensor | np.ndarray:
     """ws [N, num_ws, w_dim] for one batch: `mapping` (z -> ws, or (z, c) -> ws for a class-conditional model; any
     backend), then truncation and style_mixing. The mix seed's ws are mapped with the row's own class. Rows given a
-    w take it as it is (a batch of only those runs no mapping)."""
-    given = None if inputs.w is None else torch.from_numpy(inputs.w).to(device)
+    w take it as it is (a batch of only those runs no mapping). Torch tensors on `device`, or with device None numpy
+    arrays throughout (`mapping` and `w_avg` numpy too)."""
+    to, cat, where = _array_ops(device)
+    given = None if inputs.w is None else to(inputs.w)
     if given is not None and inputs.w_given.all():
         return given
-    z = torch.from_numpy(inputs.z).to(device)
-    c = None if inputs.c is None else torch.from_numpy(inputs.c).to(device)
+    z = to(inputs.z)
+    c = None if inputs.c is None else to(inputs.c)
     if inputs.z_mix is not None:
-        z = torch.cat([z, torch.from_numpy(inputs.z_mix).to(device)])
-        c = None if c is None else torch.cat([c, c])
+        z = cat([z, to(inputs.z_mix)])
+        c = None if c is None else cat([c, c])
     ws = mapping(z) if c is None else mapping(z, c)
-    ws, ws_mix = ws.chunk(2) if inputs.z_mix is not None else (ws, None)
-    psi = torch.from_numpy(inputs.psi).to(device)
+    ws, ws_mix = (ws[: len(inputs)], ws[len(inputs) :]) if inputs.z_mix is not None else (ws, None)
+    psi = to(inputs.psi)
     ws = truncation(ws, w_avg, psi)
     if ws_mix is not None:
-        mask = torch.from_numpy(inputs.mix_mask).to(device)
-        ws = style_mixing(ws, truncation(ws_mix, w_avg, psi), mask)
+        ws = style_mixing(ws, truncation(ws_mix, w_avg, psi), to(inputs.mix_mask))
     if given is not None:
-        ws = torch.where(torch.from_numpy(inputs.w_given).to(device).view(-1, 1, 1), given.to(ws.dtype), ws)
+        ws = where(to(inputs.w_given).reshape(-1, 1, 1), given if device is None else given.to(ws.dtype), ws)
     return ws
 
 
 def batch_noise(
-    inputs: BatchInputs, const_noise: Sequence[torch.Tensor], device: torch.device | str
-) -> list[torch.Tensor] | None:
+    inputs: BatchInputs, const_noise: Sequence[torch.Tensor | np.ndarray], device: torch.device | str | None
+) -> list[torch.Tensor | np.ndarray] | None:
     """Per-layer noise [N, 1, r, r] for a batch with noise=random or none rows (the const buffers elsewhere), else
-    None."""
+    None. Numpy arrays with device None."""
     if inputs.noise is None:
         return None
-    rows = torch.from_numpy(inputs.noise_random).to(device).view(-1, 1, 1, 1)
-    return [torch.where(rows, torch.from_numpy(n).to(device), const) for n, const in zip(inputs.noise, const_noise)]
+    to, _, where = _array_ops(device)
+    rows = to(inputs.noise_random).reshape(-1, 1, 1, 1)
+    return [where(rows, to(n), const) for n, const in zip(inputs.noise, const_noise)]
 
 
-def batch_transform(inputs: BatchInputs, device: torch.device | str, explicit: bool = False) -> torch.Tensor | None:
+def batch_transform(inputs: BatchInputs, device: torch.device | str | None,
+                    explicit: bool = False) -> torch.Tensor | np.ndarray | None:
     """The StyleGAN3 input transforms [N, 3, 3] of a batch; None when no row has one, unless `explicit` (graphs with a
-    fixed input list), then identity rows."""
+    fixed input list), then identity rows. Numpy arrays with device None."""
+    to = _array_ops(device)[0]
     if inputs.transform is not None:
-        return torch.from_numpy(inputs.transform).to(device)
-    return torch.eye(3).expand(len(inputs), 3, 3).contiguous().to(device) if explicit else None
+        return to(inputs.transform)
+    return to(np.tile(np.eye(3, dtype=np.float32), (len(inputs), 1, 1))) if explicit else None
 
 
 def synthesis_args(inputs: BatchInputs, device: torch.device | str) -> dict:
@@ -348,12 +366,15 @@ def synthesis_args(inputs: BatchInputs, device: torch.device | str) -> dict:
     return {} if transform is None else {"transform": transform}
 
 
-@torch.inference_mode()
 def run_eager(G, inputs: BatchInputs, device: torch.device | str = "cpu") -> torch.Tensor:
     """Run a ProgressiveGenerator on one batch -> [N, H, W, C] uint8 on `device`.
 
     On the CPU each image's bits are independent of the batch and the thread count: dense layers are one product per
     sample (layers.EqualizedLinear) and convolutions always run on oneDNN (layers.conv2d).
     """
-    ws = batch_styles(G.mapping, G.w_avg, inputs, device)
-    return to_uint8(G.synthesis(ws, batch_noise(inputs, G.const_noise(), device), **synthesis_args(inputs, device)))
+    import torch
+
+    with torch.inference_mode():
+        ws = batch_styles(G.mapping, G.w_avg, inputs, device)
+        noise = batch_noise(inputs, G.const_noise(), device)
+        return to_uint8(G.synthesis(ws, noise, **synthesis_args(inputs, device)))

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ganserve.errors import ConfigError
-from ganserve.models.layers import channels_at
 
 ARCHS = ("progan", "stylegan", "stylegan2", "stylegan3")
 TRAINABLE_ARCHS = ("progan", "stylegan")  # ganserve train's progressive trainer; StyleGAN2/3 models are imported
@@ -34,6 +33,11 @@ SG3_LAYER_KEYS = ("name", "in_channels", "out_channels", "in_size", "out_size", 
                   "is_critically_sampled", "use_fp16", "conv_kernel", "up_factor", "down_factor", "up_taps",
                   "down_taps", "down_radial", "padding")
 SG3_INPUT_KEYS = ("channels", "size", "sampling_rate", "bandwidth")
+
+
+def channels_at(resolution: int, fmap_base: int, fmap_max: int) -> int:
+    """Feature maps at a resolution: fmap_base / (resolution / 2), capped at fmap_max (the papers' schedule)."""
+    return max(1, min(int(fmap_base * 2 // resolution), fmap_max))
 
 
 def stage_resolution(stage: int) -> int:

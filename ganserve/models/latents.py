@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ganserve.errors import SpecError
 from ganserve.schema import INT_PATTERN, LAYER_PRESETS, RANGE_PATTERN, check_psi, check_seed
+
+if TYPE_CHECKING:
+    import torch
 
 # -- seeds ---------------------------------------------------------------------------------------------------
 _rng = threading.local()  # one RandomState per thread, reseeded per seed
@@ -60,13 +63,34 @@ def truncation_psi_rows(psi: Sequence[float], num_ws: int, cutoff: int | None = 
     return rows
 
 
-def truncation(ws: torch.Tensor, w_avg: torch.Tensor, psi: torch.Tensor | float) -> torch.Tensor:
-    """w = w_avg + psi * (w - w_avg), exact at psi=0 and psi=1. `psi` is a float or [N, num_ws] per sample/layer."""
+def truncation(ws: torch.Tensor | np.ndarray, w_avg: torch.Tensor | np.ndarray,
+               psi: torch.Tensor | np.ndarray | float) -> torch.Tensor | np.ndarray:
+    """w = w_avg + psi * (w - w_avg), exact at psi=0 and psi=1. `psi` is a float or [N, num_ws] per sample/layer.
+
+    torch tensors (torch.lerp) or numpy arrays (ONNX Runtime on the CPU, without torch): the same bits either way.
+    """
+    if isinstance(ws, np.ndarray):
+        psi = np.asarray(psi, np.float32)
+        return lerp_like_torch(np.asarray(w_avg, np.float32), ws, psi[..., None] if psi.ndim == 2 else psi)
+    import torch
+
     if not isinstance(psi, torch.Tensor):
         psi = torch.tensor(float(psi))
     elif psi.ndim == 2:
         psi = psi.unsqueeze(-1)
     return torch.lerp(w_avg.to(ws.dtype).expand_as(ws), ws, psi.to(device=ws.device, dtype=ws.dtype))
+
+
+def lerp_like_torch(start: np.ndarray, end: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """torch.lerp(start, end, weight) on float32 arrays, bit for bit as torch computes it on the CPU: where
+    |weight| < 0.5, start + weight * (end - start), else end + (weight - 1) * (end - start), each a fused
+    multiply-add (one rounding). The product of two float32 numbers is exact in float64, so the float64 sum
+    rounded to float32 is the fused result, except for ties after the first rounding (about one in 2^29)."""
+    start, end, weight = np.broadcast_arrays(start, end, weight)
+    small = np.abs(weight) < 0.5
+    coeff = np.where(small, weight, weight - np.float32(1)).astype(np.float64)
+    base = np.where(small, start, end).astype(np.float64)
+    return (coeff * (end - start).astype(np.float64) + base).astype(np.float32)
 
 
 # -- style mixing ------------------------------------------------------------------------------------------------
@@ -148,9 +172,34 @@ def parse_layers(spec: str | Sequence[int], resolution) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
-def style_mixing(ws: torch.Tensor, ws_mix: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """ws[:, layers] = ws_mix[:, layers], `mask` [N, num_ws] bool marking each sample's mixed layers."""
+def style_mixing(ws: torch.Tensor | np.ndarray, ws_mix: torch.Tensor | np.ndarray,
+                 mask: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """ws[:, layers] = ws_mix[:, layers], `mask` [N, num_ws] bool marking each sample's mixed layers (torch tensors
+    or numpy arrays)."""
+    if isinstance(ws, np.ndarray):
+        return np.where(np.asarray(mask)[..., None], ws_mix, ws)
+    import torch
+
     return torch.where(mask.unsqueeze(-1), ws_mix, ws)
+
+
+# -- StyleGAN3 input transforms -----------------------------------------------------------------------------
+def image_transform(rotate: float = 0.0, translate: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """The float32 [3, 3] input transform that rotates an image by `rotate` degrees (counter-clockwise) and shifts it
+    by `translate` (x, y, in units of the image's width and height), as NVlabs' gen_images.py --rotate/--translate
+    set it; exactly the identity for (0, (0, 0))."""
+    if rotate == 0 and translate[0] == 0 and translate[1] == 0:
+        return np.eye(3, dtype=np.float32)
+    return np.linalg.inv(make_transform(translate, rotate)).astype(np.float32)
+
+
+def make_transform(translate: tuple[float, float], angle: float) -> np.ndarray:
+    """NVlabs gen_images.py's make_transform: the 3x3 rotation by `angle` degrees and translation."""
+    m = np.eye(3)
+    s, c = np.sin(angle / 360.0 * np.pi * 2), np.cos(angle / 360.0 * np.pi * 2)
+    m[0][0], m[0][1], m[0][2] = c, s, translate[0]
+    m[1][0], m[1][1], m[1][2] = -s, c, translate[1]
+    return m
 
 
 # -- interpolation -----------------------------------------------------------------------------------------------

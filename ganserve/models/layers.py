@@ -197,6 +197,3 @@ class AdaIN(nn.Module):
         return x * (style[:, 0] + 1) + style[:, 1]
 
 
-def channels_at(resolution: int, fmap_base: int, fmap_max: int) -> int:
-    """Feature maps at a resolution: fmap_base / (resolution / 2), capped at fmap_max (the papers' schedule)."""
-    return max(1, min(int(fmap_base * 2 // resolution), fmap_max))

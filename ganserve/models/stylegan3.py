@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganserve.models.config import ModelConfig
+from ganserve.models.latents import image_transform
 from ganserve.models.layers import LRELU_SLOPE, assert_shape, conv2d, run_in_precision
 from ganserve.models.stylegan2 import FullyConnectedLayer, MappedGenerator, MappingNetwork
 
@@ -325,21 +326,3 @@ class StyleGAN3Generator(MappedGenerator):
         as NVlabs' gen_images.py --rotate/--translate): sets the input's user transform to the inverse of
         make_transform(translate, angle)."""
         self.synthesis_net.input.transform.copy_(torch.from_numpy(image_transform(angle, translate)))
-
-
-def image_transform(rotate: float = 0.0, translate: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    """The float32 [3, 3] input transform that rotates an image by `rotate` degrees (counter-clockwise) and shifts it
-    by `translate` (x, y, in units of the image's width and height), as NVlabs' gen_images.py --rotate/--translate
-    set it; exactly the identity for (0, (0, 0))."""
-    if rotate == 0 and translate[0] == 0 and translate[1] == 0:
-        return np.eye(3, dtype=np.float32)
-    return np.linalg.inv(make_transform(translate, rotate)).astype(np.float32)
-
-
-def make_transform(translate: tuple[float, float], angle: float) -> np.ndarray:
-    """NVlabs gen_images.py's make_transform: the 3x3 rotation by `angle` degrees and translation."""
-    m = np.eye(3)
-    s, c = np.sin(angle / 360.0 * np.pi * 2), np.cos(angle / 360.0 * np.pi * 2)
-    m[0][0], m[0][1], m[0][2] = c, s, translate[0]
-    m[1][0], m[1][1], m[1][2] = -s, c, translate[1]
-    return m

@@ -10,16 +10,16 @@ import hashlib
 import json
 import re
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from ganserve.errors import ModelLoadError
 from ganserve.files import atomic_write
-from ganserve.models import build_generator
 from ganserve.models.config import ModelConfig
-from ganserve.models.generator import ProgressiveGenerator
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written, not to read a config or find a model
+    import torch
+
+    from ganserve.models.generator import ProgressiveGenerator
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -30,6 +30,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def save_model(G: ProgressiveGenerator, directory: str | Path, config: ModelConfig | None = None) -> Path:
     """Write `G` (and `config`, default G's own) as a servable model directory; returns the directory."""
+    import torch
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = config or G.config
@@ -68,6 +71,11 @@ def state_dict_mismatch(expected: dict[str, torch.Tensor], tensors: dict[str, to
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> ProgressiveGenerator:
     """Build the generator a model directory describes and load its weights (safetensors: no code is executed)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ganserve.models import build_generator
+
     config = load_config(directory)
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():

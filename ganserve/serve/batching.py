@@ -58,7 +58,7 @@ def run_jobs(backends: Mapping[str, Backend], jobs: Sequence[tuple]) -> list[Ima
         for chunk in iter_batches(indices, backend.max_batch_size or len(indices)):
             started = time.monotonic()
             inputs = backend.prepare([jobs[i][1] for i in chunk])
-            out = (backend.styles(inputs).float() if want_ws else backend.run(inputs)).cpu().numpy()
+            out = backend.styles_host(inputs) if want_ws else backend.run_host(inputs)
             elapsed = time.monotonic() - started
             now = time.time()
             kind = LatentResult if want_ws else ImageResult
