@@ -6,8 +6,10 @@ generation slow. The module-scoped `http` fixture on a module's `server` is in c
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,6 +21,15 @@ from ganserve.models import ModelConfig, build_generator
 from ganserve.models.weights import save_model
 from ganserve.multipart import MultipartParser, Part, boundary_of
 from ganserve.serve.process import ServerProcess
+
+
+def torch_blocked_env(tmp_path) -> dict[str, str]:
+    """This process's environment with torch made unimportable (a package named torch that raises ImportError, first
+    on PYTHONPATH): what runs in it, and every process it starts, can be shown not to need torch."""
+    blocker = Path(tmp_path) / "torch-blocker"
+    (blocker / "torch").mkdir(parents=True, exist_ok=True)
+    (blocker / "torch" / "__init__.py").write_text('raise ImportError("torch is blocked by this test")\n')
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")]))}
 
 
 def saved_stylegan(path, resolution: int, fmap_base: int, fmap_max: int) -> str:

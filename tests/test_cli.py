@@ -1,7 +1,6 @@
 """The `ganserve` console script, run as a user would (a real subprocess)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from serving import torch_blocked_env
 
 from ganserve.models.weights import DEFAULT_MODEL, resolve_model, weights_sha256
 
@@ -81,10 +81,7 @@ def test_generate_with_onnx_runtime_runs_where_torch_cannot_be_imported(model_di
     flags = ["--model", model_dirs["stylegan"], "--seeds", "0-20", "--batch-size", "4", "--device", "cpu",
              "--workers", "2", "--quiet"]
     ganserve("generate", *flags, "--outdir", str(tmp_path / "torch-importable"))  # exports to ONNX if needed
-    blocker = tmp_path / "blocker"
-    (blocker / "torch").mkdir(parents=True)
-    (blocker / "torch" / "__init__.py").write_text('raise ImportError("torch is blocked by this test")\n')
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")]))}
+    env = torch_blocked_env(tmp_path)
     blocked = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert blocked.returncode != 0 and "blocked by this test" in blocked.stderr  # the blocker works
     proc = subprocess.run([sys.executable, "-m", "ganserve.cli", "generate", *flags, "--outdir",

@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from serving import pixels, torch_blocked_env
 
 from ganserve.devices import cpu_cores
 from ganserve.multipart import MultipartParser, boundary_of
@@ -185,3 +187,24 @@ def test_sigint_stops_a_server_whose_parent_ignored_sigint(model_dirs, tmp_path)
         assert [pid for pid in processes if alive(pid)] == [], "processes left behind"
     finally:
         server.kill()
+
+
+def test_the_default_server_on_the_cpu_runs_where_torch_cannot_be_imported(model_dirs, tmp_path):
+    """With the default backend on the CPU (ONNX Runtime, its export in the cache) neither the server's main process
+    nor its workers import torch: it serves, with torch made unimportable, the images `generate` makes in-process."""
+    from ganserve.inference.registry import load_backend
+    from ganserve.inference.sampling import make_specs
+
+    backend = load_backend(model_dirs["stylegan"], "auto", "cpu")  # exports into the per-user cache if needed
+    assert backend.name == "onnxruntime"
+    expected = backend.generate(make_specs(backend.config, [42, 7], psi=0.7))
+    env = torch_blocked_env(tmp_path)
+    with ServerProcess([model_dirs["stylegan"]], "--device", "cpu", "--log-level", "warning", env=env,
+                       log=tmp_path / "server.log") as s, httpx.Client(base_url=s.url, timeout=60) as http:
+        models = http.get("/models").json()
+        assert [m["backend"] for m in models["models"]] == ["onnxruntime"], models
+        for k, seed in enumerate((42, 7)):
+            r = http.get("/generate", params={"seed": seed, "psi": 0.7})
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+            assert np.array_equal(pixels(r.content), expected[k])
+    assert "blocked by this test" not in (tmp_path / "server.log").read_text()

@@ -17,11 +17,11 @@ import numpy as np
 from ganserve.devices import cpu_cores, cpu_threads_per_worker, setup_cpu_inference
 from ganserve.imaging import encode
 from ganserve.inference.backend import Backend
+from ganserve.inference.registry import TORCH_BACKENDS
 from ganserve.inference.sampling import SampleSpec, iter_batches
 from ganserve.schema import image_filename, latent_filename
 
 _worker_backend: Backend | None = None  # the backend of a worker process (set by _start_worker)
-TORCH_BACKENDS = ("torch", "compile")  # the backends that run on torch's CPU threads
 
 
 def spec_filename(spec: SampleSpec, index: int, fmt: str) -> str:

@@ -23,6 +23,7 @@ BACKENDS: dict[str, str] = {
     "tensorrt": "ganserve.inference.tensorrt:TensorRTBackend",
 }
 BACKEND_CHOICES = ("auto", *BACKENDS)
+TORCH_BACKENDS = ("torch", "compile")  # the backends that run on torch's CPU threads
 # `auto`: the first of these that runs here, fastest first. On the CPU that is ONNX Runtime, exported on first use
 # into the per-user cache (keyed by the weights and the exporter version) and reused after; on CUDA an ONNX export or
 # TensorRT engines only when they exist already (`ganserve export` makes them), else torch. torch.compile is left

@@ -25,18 +25,20 @@ class GeneratorWorker:
         self.precision = precision  # of the torch/compile backends on CUDA (None: their default)
 
     def setup(self, device: str) -> None:
-        from ganserve.inference.registry import load_backend
+        from ganserve.devices import setup_cpu_inference
+        from ganserve.inference.registry import TORCH_BACKENDS, load_backend
 
-        if str(device).startswith("cpu"):
-            from ganserve.devices import setup_cpu_inference
-
-            setup_cpu_inference(self.cpu_threads)
+        on_cpu = str(device).startswith("cpu")
+        if on_cpu:
+            setup_cpu_inference()
         try:
             self.backends = {name: load_backend(d, self.backend_name, device, precision=self.precision)
                              for name, d in self.model_dirs.items()}
         except Exception as e:
             atomic_write_text(Path(self.state_dir) / "error.txt", f"{type(e).__name__}: {e}".splitlines()[0])
             raise
+        if on_cpu and any(b.name in TORCH_BACKENDS for b in self.backends.values()):
+            setup_cpu_inference(self.cpu_threads)  # torch's threads; ONNX Runtime's sessions set their own
         names = {n: b.name for n, b in self.backends.items()}
         atomic_write_text(Path(self.state_dir) / "backends.json", json.dumps(names))
 

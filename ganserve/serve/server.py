@@ -15,9 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from ganserve.devices import cpu_cores, cpu_threads_per_worker, resolve_device
+from ganserve.devices import Device, cpu_cores, cpu_threads_per_worker, resolve_device
 from ganserve.errors import ServeError, UsageError
 from ganserve.models.weights import bundled_models, load_config, resolve_model
 from ganserve.serve.api import GeneratorWorker
@@ -109,7 +107,7 @@ class Server:
               flush=True)
 
 
-def default_workers(device: torch.device, backend: str = "auto") -> int:
+def default_workers(device: Device, backend: str = "auto") -> int:
     """Inference processes per device unless --workers-per-device says otherwise. On a GPU one. On the CPU one per
     core: ONNX Runtime (what `auto` runs there) uses one thread per session, so processes are how it uses the cores;
     eager torch at most 4, each with its share of the other cores as torch threads (one at least), since a batch's
