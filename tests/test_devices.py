@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from ganserve.devices import cpu_cores, keep_freed_memory, resolve_device
+from ganserve.devices import GPU_DRIVER_PATHS, Device, cpu_cores, keep_freed_memory, resolve_device
 
 # Runs a few convolutions on a batch 20 times, as a generator would, and prints the page faults that caused.
 FAULTS = """
@@ -35,8 +35,29 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="device must be one of"):
-        resolve_device("tpu")
+    for bad in ("tpu", "cudax", "cuda:x"):
+        with pytest.raises(ValueError, match="device must be one of"):
+            resolve_device(bad)
+
+
+def test_a_device_is_a_str_that_torch_takes_and_compares_like_a_torch_device():
+    cpu = resolve_device("cpu")
+    assert isinstance(cpu, str) and cpu == "cpu" and (cpu.type, cpu.index) == ("cpu", None)
+    assert torch.zeros(2).to(cpu).device == cpu and torch.device(cpu) == cpu
+    cuda1 = Device("cuda:1")
+    assert (cuda1.type, cuda1.index) == ("cuda", 1)
+    assert cuda1 == torch.device("cuda", 1) and torch.device("cuda", 1) == cuda1
+    assert cuda1 != torch.device("cuda") and Device("cuda") != torch.device("cuda", 0)  # as torch compares them
+
+
+def test_auto_on_a_machine_without_a_gpu_driver_does_not_import_torch():
+    code = ("import sys; from ganserve.devices import resolve_device; d = resolve_device('auto'); "
+            "print(d, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    if any(os.path.exists(p) for p in GPU_DRIVER_PATHS):
+        assert out[1] == "True"  # a driver is here: torch is asked
+    else:
+        assert out == ["cpu", "False"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")

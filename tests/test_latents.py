@@ -133,6 +133,24 @@ def test_truncation_is_exact_at_zero_and_one_and_respects_the_cutoff():
         truncation_psi_rows([0.5], 6, cutoff=7)
 
 
+@pytest.mark.parametrize("scale", [0.01, 1.0, 30.0])
+def test_truncation_and_mixing_in_numpy_give_torchs_bits(scale):
+    """ONNX Runtime on the CPU truncates and mixes in numpy: bit for bit what torch.lerp / torch.where give, for psi
+    on both sides of 0.5 (where torch.lerp switches formula), the ends, and outside [0, 1]."""
+    rng = np.random.default_rng(int(scale * 100))
+    ws = (rng.standard_normal((64, 10, 128)) * scale).astype(np.float32)
+    ws_mix = rng.standard_normal((64, 10, 128)).astype(np.float32)
+    w_avg = rng.standard_normal(128).astype(np.float32)
+    psi = rng.choice(np.float32([0, 1, 0.5, 0.4999999, 0.7, -0.3, 1.5, -2, 2]), size=(64, 10))
+    psi[32:] = rng.uniform(-2, 2, size=(32, 10))
+    mask = rng.random((64, 10)) < 0.5
+    got = style_mixing(truncation(ws, w_avg, psi), truncation(ws_mix, w_avg, psi), mask)
+    t = [torch.from_numpy(a) for a in (ws, ws_mix, w_avg, psi, mask)]
+    want = style_mixing(truncation(t[0], t[2], t[3]), truncation(t[1], t[2], t[3]), t[4]).numpy()
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
 def test_style_mixing_replaces_only_the_masked_layers():
     ws, ws_mix = torch.zeros(2, 4, 3), torch.ones(2, 4, 3)
     mask = torch.tensor([[True, False, False, True], [False] * 4])
