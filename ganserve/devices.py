@@ -118,13 +118,18 @@ def keep_freed_memory() -> bool:
     return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
 
 
-def setup_cpu_inference(threads: int | None = None) -> None:
-    """What a process that runs a generator on the CPU does first: torch's intra-op threads (when given), and
-    keep_freed_memory."""
+def set_torch_threads(threads: int | None) -> None:
+    """torch's intra-op threads, when given (torch is imported only then)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def setup_cpu_inference(threads: int | None = None) -> None:
+    """What a process that runs a generator on the CPU does first: torch's intra-op threads (when given), and
+    keep_freed_memory."""
+    set_torch_threads(threads)
     keep_freed_memory()
 
 

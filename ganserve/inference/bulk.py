@@ -17,7 +17,7 @@ import numpy as np
 from ganserve.devices import cpu_cores, cpu_threads_per_worker, setup_cpu_inference
 from ganserve.imaging import encode
 from ganserve.inference.backend import Backend
-from ganserve.inference.registry import TORCH_BACKENDS
+from ganserve.inference.registry import TORCH_BACKENDS, load_backend
 from ganserve.inference.sampling import SampleSpec, iter_batches
 from ganserve.schema import image_filename, latent_filename
 
@@ -40,8 +40,6 @@ def _write_batch(backend: Backend, specs: Sequence[SampleSpec], start: int, outd
 
 def _start_worker(name: str, model_dir: str, device: str, options: dict, threads: int) -> None:
     global _worker_backend
-    from ganserve.inference.registry import load_backend
-
     setup_cpu_inference(threads if name in TORCH_BACKENDS else None)  # ONNX Runtime sessions set their own
     _worker_backend = load_backend(model_dir, name, device, **options)
 

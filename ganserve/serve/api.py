@@ -25,7 +25,7 @@ class GeneratorWorker:
         self.precision = precision  # of the torch/compile backends on CUDA (None: their default)
 
     def setup(self, device: str) -> None:
-        from ganserve.devices import setup_cpu_inference
+        from ganserve.devices import set_torch_threads, setup_cpu_inference
         from ganserve.inference.registry import TORCH_BACKENDS, load_backend
 
         on_cpu = str(device).startswith("cpu")
@@ -38,7 +38,7 @@ class GeneratorWorker:
             atomic_write_text(Path(self.state_dir) / "error.txt", f"{type(e).__name__}: {e}".splitlines()[0])
             raise
         if on_cpu and any(b.name in TORCH_BACKENDS for b in self.backends.values()):
-            setup_cpu_inference(self.cpu_threads)  # torch's threads; ONNX Runtime's sessions set their own
+            set_torch_threads(self.cpu_threads)  # ONNX Runtime's sessions set their own
         names = {n: b.name for n, b in self.backends.items()}
         atomic_write_text(Path(self.state_dir) / "backends.json", json.dumps(names))
 
