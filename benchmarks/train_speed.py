@@ -42,6 +42,7 @@ VARIANTS = {  # TrainConfig fields (the defaults: amp and channels_last on)
     "bf16": {"amp": True, "channels_last": False},
     "channels_last": {"amp": False, "channels_last": True},
     "bf16+channels_last": {"amp": True, "channels_last": True},
+    "fmap_base=1536": {"fmap_base": 1536},  # twice the channels at 16-64 (48 at 64x64): a wider network's cost
 }
 
 
