@@ -14,6 +14,8 @@ from ganserve.models.layers import (
     minibatch_stddev,
     pixel_norm,
     upsample,
+    upsample_conv,
+    upsample_kernel,
 )
 
 
@@ -84,6 +86,23 @@ def test_nearest_upsampling_is_interpolate_exactly_forward_and_backward(shape):
     (grad,) = torch.autograd.grad(y, x, g)
     (reference_grad,) = torch.autograd.grad(reference, x, g)
     torch.testing.assert_close(grad, reference_grad, rtol=0, atol=1e-6)  # sums of the same four values
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_folded_upsample_kernel_is_nearest_upsampling_then_the_3x3_convolution(bias):
+    torch.manual_seed(0)
+    conv = EqualizedConv2d(5, 7, 3, bias=bias)
+    if bias:
+        torch.nn.init.normal_(conv.bias)
+    x = torch.randn(3, 5, 6, 4)
+    plain = conv(upsample(x))
+    folded = F.conv_transpose2d(x, upsample_kernel(conv.weight * conv.weight_gain), conv.bias, stride=2, padding=1)
+    assert folded.shape == plain.shape == (3, 7, 12, 8)
+    torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-5)
+    # the kernel's taps along one axis: (k2, k1 + k2, k0 + k1, k0)
+    w = torch.arange(9.0).view(1, 1, 3, 3)
+    assert upsample_kernel(w)[0, 0, 0].tolist() == [8.0, 15.0, 13.0, 6.0]
+    assert torch.equal(upsample_conv(x, conv), plain)  # outside an ONNX export: the plain way, the same bits
+
 
 def test_adain_sets_per_channel_statistics_from_w():
     adain = AdaIN(channels=5, w_dim=4)

@@ -124,6 +124,30 @@ class Blur(nn.Module):
         return conv2d(x, self.kernel.expand(c, 1, 3, 3), padding=1, groups=c)
 
 
+def upsample_conv(x: torch.Tensor, conv: EqualizedConv2d, mode: str = "nearest") -> torch.Tensor:
+    """conv(upsample(x, mode)) for a 3x3 `conv`.
+
+    In an ONNX export with nearest upsampling it is one transposed convolution of stride 2 instead: each output pixel
+    of the upsampled convolution reads only 2x2 distinct input pixels, so its 3x3 kernel folds into a 4x4 one (the
+    taps that read the same pixel summed, in float64 and rounded once) that makes 4 products per output where the
+    upsampled copy took 9. ONNX Runtime on the CPU runs these layers in about two thirds of the time
+    (benchmarks/README.md, Roofline); the pixels stay within the export's check against eager PyTorch, which keeps
+    computing it the plain way.
+    """
+    if mode == "nearest" and conv.weight.shape[-1] == 3 and torch.onnx.is_in_onnx_export():
+        return F.conv_transpose2d(x, upsample_kernel(conv.weight * conv.weight_gain), conv.bias, stride=2, padding=1)
+    return conv(upsample(x, mode))
+
+
+def upsample_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """The [in, out, 4, 4] kernel of a stride-2 transposed convolution equal to 2x nearest upsampling followed by a 3x3
+    convolution with `weight` [out, in, 3, 3] and padding 1: along each axis taps (k2, k1 + k2, k0 + k1, k0)."""
+    k = weight.double().flip(-1, -2)
+    k = F.pad(k, (0, 1)) + F.pad(k, (1, 0))
+    k = F.pad(k, (0, 0, 0, 1)) + F.pad(k, (0, 0, 1, 0))
+    return k.transpose(0, 1).to(weight.dtype)
+
+
 def upsample(x: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
     """2x up sampling, 'nearest' (the papers' choice) or 'bilinear'."""
     if mode == "nearest" and torch.onnx.is_in_onnx_export():

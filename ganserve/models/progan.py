@@ -11,7 +11,7 @@ from torch import nn
 
 from ganserve.models.config import ModelConfig
 from ganserve.models.generator import ProgressiveGenerator
-from ganserve.models.layers import LRELU_GAIN, LRELU_SLOPE, EqualizedConv2d, EqualizedLinear, pixel_norm, upsample
+from ganserve.models.layers import LRELU_GAIN, LRELU_SLOPE, EqualizedConv2d, EqualizedLinear, pixel_norm, upsample_conv
 
 
 def _act_norm(x: torch.Tensor) -> torch.Tensor:
@@ -28,8 +28,7 @@ class ProGANBlock(nn.Module):
         self.upsample_mode = upsample_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = upsample(x, self.upsample_mode)
-        return _act_norm(self.conv1(_act_norm(self.conv0(x))))
+        return _act_norm(self.conv1(_act_norm(upsample_conv(x, self.conv0, self.upsample_mode))))
 
 
 class LatentProjection(nn.Module):

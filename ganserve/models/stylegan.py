@@ -20,7 +20,7 @@ from ganserve.models.layers import (
     EqualizedLinear,
     NoiseInjection,
     pixel_norm,
-    upsample,
+    upsample_conv,
 )
 
 
@@ -65,9 +65,7 @@ class SynthesisLayer(nn.Module):
         self.epilogue = LayerEpilogue(out_channels, w_dim, resolution)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        if self.up:
-            x = upsample(x, self.upsample_mode)
-        x = self.conv(x)
+        x = upsample_conv(x, self.conv, self.upsample_mode) if self.up else self.conv(x)
         if self.blur is not None:
             x = self.blur(x)
         return self.epilogue(x, w, noise)
