@@ -122,7 +122,9 @@ def markdown(model: str, batch: int, total: float, convs: list[dict], whole: dic
              f"`{command}`", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
              f"{total / 1e9:.3f} GFLOP per image (mapping and synthesis; a multiply-add counts two), "
-             f"{conv_flops / total:.1%} of it in convolutions.", "",
+             f"{conv_flops / total:.1%} of it in convolutions. The whole-generator rates are this count over the "
+             "time, for every backend: the ONNX export folds nearest upsampling into its convolution and does fewer "
+             "(4 products per output in those layers, not 9).", "",
              "| what | GFLOP/s on one core | of the large convolution |", "| --- | ---: | ---: |"]
     for name, rate in peaks.items():
         lines.append(f"| {name} | {rate:.1f} | {rate / peak:.2f} |")
