@@ -113,6 +113,8 @@ def test_graphs_have_a_dynamic_batch_axis_and_no_random_ops(exported, arch):
             assert batch.dim_param and not batch.dim_value, f"{name}:{value.name} has a fixed batch size"
     assert "Conv" in ops  # the synthesis graph's, checked last:
     assert "ConvTranspose" in ops and "Resize" not in ops  # nearest upsampling folded into its 3x3 convolution
+    if arch == "stylegan":  # AdaIN's normalisation and style in one node per layer
+        assert "InstanceNormalization" in ops and "Pow" not in ops
 
 
 def test_manifest_describes_the_artifact(exported, arch):
