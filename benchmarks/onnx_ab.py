@@ -1,5 +1,5 @@
 """Two ONNX exports of one model side by side: ms per image of each synthesis graph in ONNX Runtime on the CPU, one
-thread (as a server worker runs it), the two sessions taking turns call by call, and how many pixels they share.
+thread (as a server worker runs it), the two taking turns call by call, and how many pixels they share.
 
 For a change to the exporter: export with the tree before and after it, then compare.
 
@@ -18,38 +18,27 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from ganserve.export.artifacts import SYNTHESIS_FILE
-
-
-def session(export: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(export / SYNTHESIS_FILE), opts, providers=["CPUExecutionProvider"])
-
-
-def feeds_for(s: ort.InferenceSession, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random styles and noise maps of the graph's shapes (the batch axis set to `batch`)."""
-    return {i.name: rng.standard_normal([batch if not isinstance(d, int) else d for d in i.shape]).astype(np.float32)
-            for i in s.get_inputs()}
+from ganserve.inference.ort import OnnxRuntimeBackend
 
 
 def compare(a: Path, b: Path, batch: int, rounds: int, calls_per_image: int = 64) -> dict:
-    sessions = {"a": session(a), "b": session(b)}
-    feeds = feeds_for(sessions["a"], batch, np.random.default_rng(batch))
-    images = {k: s.run(None, feeds)[0].astype(int) for k, s in sessions.items()}  # also the warm-up
+    """ms per image of each export's synthesis graph on the same random styles (the constant noise), as a CPU server
+    worker runs it (OnnxRuntimeBackend, one thread), and their pixel agreement."""
+    backends = {"a": OnnxRuntimeBackend(a, "cpu", threads=1), "b": OnnxRuntimeBackend(b, "cpu", threads=1)}
+    config = backends["a"].config
+    ws = np.random.default_rng(batch).standard_normal((batch, config.num_ws, config.w_dim)).astype(np.float32)
+    images = {k: backend.synthesize(ws).astype(int) for k, backend in backends.items()}  # also the warm-up
     diff = np.abs(images["a"] - images["b"])
     calls = max(2, calls_per_image // batch)
     ms = {"a": [], "b": []}
     ratios = []
     for _ in range(rounds):
-        took = dict.fromkeys(sessions, 0.0)
+        took = dict.fromkeys(backends, 0.0)
         for k in ("a", "b", "a", "b"):
             start = time.perf_counter()
             for _ in range(calls):
-                sessions[k].run(None, feeds)
+                backends[k].synthesize(ws)
             took[k] += time.perf_counter() - start
         for k in took:
             ms[k].append(1000 * took[k] / (2 * calls * batch))
