@@ -33,8 +33,8 @@ from ganserve.models.weights import load_model, resolve_model  # noqa: E402
 BIG_CONV = "fp32 3x3 convolution, 256 -> 256 channels at 32x32"
 
 
-def count_flops(G, batch: int) -> tuple[float, list[dict]]:
-    """FLOPs per image of mapping + synthesis, and each convolution's input shape and FLOPs per image.
+def count_flops(G) -> tuple[float, list[dict]]:
+    """FLOPs per image of mapping + synthesis, and each convolution (module, input shape, FLOPs per image).
 
     The counter sees F.conv2d but not the oneDNN call the model makes on the CPU, so oneDNN is switched off while
     counting (the same arithmetic either way)."""
@@ -42,14 +42,11 @@ def count_flops(G, batch: int) -> tuple[float, list[dict]]:
 
     def record(module, args, out):
         x = args[0]
-        w = module.weight if isinstance(module, layers.EqualizedConv2d) else module.kernel
-        groups = 1 if isinstance(module, layers.EqualizedConv2d) else x.shape[1]
-        k = w.shape[-1]
-        flops = 2 * out.shape[1] * out.shape[2] * out.shape[3] * (x.shape[1] // groups) * k * k
-        convs.append({"kind": "blur" if groups > 1 else f"conv{k}x{k}", "in": x.shape[1], "out": out.shape[1],
-                      "res": out.shape[-1], "groups": groups, "padding": k // 2 if groups > 1 else module.padding,
-                      "flops": flops, "weight": w.expand(x.shape[1], 1, k, k) if groups > 1 else None,
-                      "module": module})
+        blur = isinstance(module, layers.Blur)
+        k = (module.kernel if blur else module.weight).shape[-1]
+        flops = 2 * out[0].numel() * (1 if blur else x.shape[1]) * k * k
+        convs.append({"kind": "blur" if blur else f"conv{k}x{k}", "in": x.shape[1], "out": out.shape[1],
+                      "res": out.shape[-1], "flops": flops, "module": module})
 
     hooks = [m.register_forward_hook(record) for m in G.modules()
              if isinstance(m, (layers.EqualizedConv2d, layers.Blur))]
@@ -64,7 +61,6 @@ def count_flops(G, batch: int) -> tuple[float, list[dict]]:
         layers.ONEDNN = onednn
         for h in hooks:
             h.remove()
-    convs = [c for c in convs if c["res"] > 1]  # the mapping network's layers are not convolutions
     return counter.get_total_flops(), convs
 
 
@@ -95,19 +91,13 @@ def big_conv_rate(seconds: float, batch: int = 32) -> float:
         return best_rate(lambda: layers.conv2d(x, w, padding=1), 2 * batch * 32 * 32 * 256 * 256 * 9, seconds)
 
 
-def conv_rows(G, convs: list[dict], batch: int, seconds: float) -> list[dict]:
+def conv_rows(convs: list[dict], batch: int, seconds: float) -> list[dict]:
+    """Each convolution alone at `batch`, run by its own module (the model's kernel)."""
     rows = []
     for c in convs:
         x = torch.randn(batch, c["in"], c["res"], c["res"])
-        if c["kind"] == "blur":
-            w = c["weight"].contiguous()
-            fn = lambda x=x, w=w, c=c: layers.conv2d(x, w, padding=c["padding"], groups=c["groups"])  # noqa: E731
-        else:
-            m = c["module"]
-            w = (m.weight * m.weight_gain).detach()
-            fn = lambda x=x, w=w, m=m: layers.conv2d(x, w, m.bias, padding=m.padding)  # noqa: E731
         with torch.inference_mode():
-            rate = best_rate(fn, c["flops"] * batch, seconds)
+            rate = best_rate(lambda x=x, m=c["module"]: m(x), c["flops"] * batch, seconds)
         rows.append({**{k: c[k] for k in ("kind", "res", "in", "out")}, "mflop_per_image": c["flops"] / 1e6,
                      "gflop_per_s": rate, "ms_per_image": c["flops"] / rate / 1e6})
     return rows
@@ -151,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     path = resolve_model(args.model)
     G = load_model(path, "cpu")
-    total, convs = count_flops(G, args.batch_size)
+    total, convs = count_flops(G)
     print(f"{args.model}: {total / 1e9:.3f} GFLOP per image, {len(convs)} convolutions", flush=True)
     peaks = {BIG_CONV: big_conv_rate(args.seconds), "fp32 GEMM 1024^3": gemm_rate(torch.float32, args.seconds),
              "bf16 GEMM 1024^3": gemm_rate(torch.bfloat16, args.seconds)}
@@ -168,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     whole = {name: (img_s * total / 1e9, 1000 / img_s) for name, img_s in rates.items()}
     for name, (rate, ms) in whole.items():
         print(f"  whole generator, {name}: {rate:.1f} GFLOP/s ({ms:.2f} ms per image)", flush=True)
-    rows = conv_rows(G, convs, args.batch_size, args.seconds / 4)
+    rows = conv_rows(convs, args.batch_size, args.seconds / 4)
     for r in rows:
         print(f"  {r['kind']} {r['res']}x{r['res']} {r['in']}->{r['out']}: {r['gflop_per_s']:.1f} GFLOP/s", flush=True)
     info = {k: v for k, v in machine().items() if k != "torch_threads"}
