@@ -43,6 +43,9 @@ VARIANTS = {  # TrainConfig fields (the defaults: amp and channels_last on)
     "channels_last": {"amp": False, "channels_last": True},
     "bf16+channels_last": {"amp": True, "channels_last": True},
     "fmap_base=1536": {"fmap_base": 1536},  # twice the channels at 16-64 (48 at 64x64): a wider network's cost
+    # lazy regularisation: the gradient penalty on every 4th step (time a multiple of 4 steps)
+    "reg_interval=4": {"reg_interval": 4},
+    "fmap_base=1536+reg_interval=4": {"fmap_base": 1536, "reg_interval": 4},
 }
 
 

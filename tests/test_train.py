@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -84,7 +85,8 @@ def test_config_round_trips_through_json_and_rejects_bad_values(tmp_path):
     assert cfg.loss == "wgan_gp" and TrainConfig(arch="stylegan").loss == "logistic"
     cfg.save(tmp_path / "c.json")
     assert TrainConfig.load(tmp_path / "c.json") == cfg
-    for bad in (dict(kimg_scale=0), dict(loss="hinge"), dict(style_mixing_prob=2), dict(batch_sizes={5: 2})):
+    for bad in (dict(kimg_scale=0), dict(loss="hinge"), dict(style_mixing_prob=2), dict(batch_sizes={5: 2}),
+                dict(reg_interval=0), dict(reg_interval=2.5)):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -140,10 +142,10 @@ def test_the_loss_is_chosen_once_from_the_config_and_computes_the_loss_functions
         return (x * w).flatten(1).sum(1)
 
     reals, fakes = torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)
-    loss, stats = wgan.d_loss(critic, reals, fakes, torch.Generator().manual_seed(1))
+    loss, stats = wgan.d_loss(critic, reals, fakes, torch.Generator().manual_seed(1), step=7)
     expected = wgan_gp_d_loss(critic, reals, fakes, 5.0, 0.01, 2.0, torch.Generator().manual_seed(1))
     assert torch.equal(loss, expected[0]) and stats == expected[1]
-    loss, stats = logistic.d_loss(critic, reals, fakes, torch.Generator())
+    loss, stats = logistic.d_loss(critic, reals, fakes, torch.Generator(), step=7)
     expected = logistic_r1_d_loss(critic, reals, fakes, 3.0)
     assert torch.equal(loss, expected[0]) and stats == expected[1]
     assert torch.equal(wgan.g_loss(critic, fakes), wgan_g_loss(critic, fakes))
@@ -151,6 +153,41 @@ def test_the_loss_is_chosen_once_from_the_config_and_computes_the_loss_functions
 
 
 # -- a whole run -----------------------------------------------------------------------------------------------------
+def test_lazy_regularisation_applies_the_penalty_every_nth_step_weighted_n_times(data_dir, tmp_path):
+    w = torch.randn(1, 3, 4, 4)
+
+    def critic(x):
+        return (x * w).flatten(1).sum(1)
+
+    reals, fakes = torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)
+    wgan = make_loss(TrainConfig(arch="progan", gp_lambda=5.0, reg_interval=4))
+    logistic = make_loss(TrainConfig(arch="stylegan", r1_gamma=3.0, reg_interval=4))
+    for step in range(9):
+        on = step % 4 == 0
+        loss, stats = wgan.d_loss(critic, reals, fakes, torch.Generator().manual_seed(1), step)
+        expected = wgan_gp_d_loss(critic, reals, fakes, 20.0 if on else 0.0, 0.001, 1.0, torch.Generator().manual_seed(1))
+        assert torch.equal(loss, expected[0]) and stats == expected[1] and ("gp" in stats) == on
+        loss, stats = logistic.d_loss(critic, reals, fakes, torch.Generator(), step)
+        expected = logistic_r1_d_loss(critic, reals, fakes, 12.0 if on else 0.0)
+        assert torch.equal(loss, expected[0]) and stats == expected[1] and ("r1" in stats) == on
+    # Off-steps skip the penalty's work entirely: no double backward, no interpolates through the critic.
+    seen = []
+    loss, stats = wgan.d_loss(lambda x: seen.append(x.requires_grad) or critic(x), reals, fakes, torch.Generator(), 1)
+    assert seen == [False, False] and loss.item() == pytest.approx(
+        (critic(fakes) - critic(reals) + 0.001 * critic(reals) ** 2).mean().item(), rel=1e-5)
+    # A run with it logs the penalty on its penalty steps only, and a config written before the option reads as 1.
+    t = Trainer(tiny_train_config(data_dir, tmp_path / "lazy", arch="progan", metric_num=0, tensorboard=False,
+                                  reg_interval=3))
+    step, logged = t.train_step, []
+    t.train_step = lambda phase, batch: logged.append((phase.step, step(phase, batch))) or logged[-1][1]
+    assert t.train(stop_after_steps=7) is None
+    assert [k for k, stats in logged if "gp" in stats] == [0, 3, 6] and len(logged) == 7
+    assert all(math.isfinite(v) for _, stats in logged for v in stats.values())
+    saved = json.loads((tmp_path / "lazy" / CONFIG_NAME).read_text())
+    assert saved["reg_interval"] == 3 and TrainConfig.from_dict({k: v for k, v in saved.items()
+                                                                 if k != "reg_interval"}).reg_interval == 1
+
+
 @pytest.fixture(scope="module", params=["progan", "stylegan"])
 def trained_run(request, data_dir, tmp_path_factory):
     """A tiny model trained through 4x4, 8x8 and 16x16 by the CLI; returns (arch, run dir)."""

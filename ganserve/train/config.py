@@ -65,6 +65,7 @@ class TrainConfig:
     gp_target: float = 1.0
     drift: float = 0.001  # wgan_gp epsilon_drift
     r1_gamma: float = 10.0  # logistic + r1
+    reg_interval: int = 1  # the penalty (gp or r1) on every reg_interval-th D step, weighted reg_interval times
     lr: float = 0.001
     betas: tuple[float, float] = (0.0, 0.99)
     adam_eps: float = 1e-8
@@ -112,6 +113,8 @@ class TrainConfig:
             raise ConfigError(f"style_mixing_prob must be in [0, 1], got {self.style_mixing_prob!r}")
         if not 0.0 <= self.w_avg_beta < 1.0:
             raise ConfigError(f"w_avg_beta must be in [0, 1), got {self.w_avg_beta!r}")
+        if isinstance(self.reg_interval, bool) or not isinstance(self.reg_interval, int) or self.reg_interval < 1:
+            raise ConfigError(f"reg_interval must be a whole number >= 1, got {self.reg_interval!r}")
         if self.workers < 0 or self.keep_checkpoints < 1 or self.metric_num < 0:
             raise ConfigError("workers and metric_num must be >= 0, keep_checkpoints >= 1")
         bad = {r: b for r, b in self.batch_sizes.items() if b < 1 or r < 4 or r & (r - 1)}

@@ -1,7 +1,8 @@
 """The two GAN objectives: wgan_gp with drift (ProGAN) and the non-saturating logistic loss with r1 (StyleGAN).
 
 Owns the discriminator and generator losses and their gradient penalties; each returns scalars to log. The Loss
-classes bind a loss to its config values; make_loss picks one from a TrainConfig.
+classes bind a loss to its config values, including lazy regularisation (the penalty on every `interval`-th step
+only, weighted `interval` times, as StyleGAN2 does); make_loss picks one from a TrainConfig.
 """
 
 from __future__ import annotations
@@ -30,13 +31,19 @@ def wgan_gp_d_loss(
     D: Critic, reals: torch.Tensor, fakes: torch.Tensor, gp_lambda: float = 10.0, drift: float = 0.001,
     gp_target: float = 1.0, generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """D(fake) - D(real) + lambda (||grad D(x_hat)|| - target)^2 / target^2 + drift * D(real)^2 (ProGAN sec. A.1)."""
+    """D(fake) - D(real) + lambda (||grad D(x_hat)|| - target)^2 / target^2 + drift * D(real)^2 (ProGAN sec. A.1).
+
+    gp_lambda 0 skips the penalty's double backward (and leaves "gp" out of the stats); the interpolation weights are
+    drawn either way, so the rest of the step draws the same numbers."""
     real_score, fake_score = D(reals).float(), D(fakes).float()
     eps = torch.rand(reals.shape[0], 1, 1, 1, device=reals.device, generator=generator, dtype=reals.dtype)
-    mixed = torch.lerp(reals, fakes, eps)
-    gp = (_grad_norm_sq(D, mixed).sqrt() - gp_target).square() / gp_target**2
-    loss = fake_score - real_score + gp_lambda * gp + drift * real_score.square()
-    stats = {"D_real": real_score.mean().item(), "D_fake": fake_score.mean().item(), "gp": gp.mean().item()}
+    loss = fake_score - real_score
+    stats = {"D_real": real_score.mean().item(), "D_fake": fake_score.mean().item()}
+    if gp_lambda > 0:
+        gp = (_grad_norm_sq(D, torch.lerp(reals, fakes, eps)).sqrt() - gp_target).square() / gp_target**2
+        loss = loss + gp_lambda * gp
+        stats["gp"] = gp.mean().item()
+    loss = loss + drift * real_score.square()
     return loss.mean(), stats
 
 
@@ -47,18 +54,19 @@ def wgan_g_loss(D: Critic, fakes: torch.Tensor) -> torch.Tensor:
 def logistic_r1_d_loss(
     D: Critic, reals: torch.Tensor, fakes: torch.Tensor, r1_gamma: float = 10.0
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """softplus(D(fake)) + softplus(-D(real)) + gamma/2 ||grad D(real)||^2 (StyleGAN: non-saturating + r1)."""
+    """softplus(D(fake)) + softplus(-D(real)) + gamma/2 ||grad D(real)||^2 (StyleGAN: non-saturating + r1); gamma 0
+    skips the penalty (and leaves "r1" out of the stats)."""
     fake_score = D(fakes).float()
     if r1_gamma > 0:
         reals = reals.detach().requires_grad_(True)
     real_score = D(reals).float()
     loss = F.softplus(fake_score) + F.softplus(-real_score)
-    r1 = torch.zeros_like(real_score)
+    stats = {"D_real": real_score.mean().item(), "D_fake": fake_score.mean().item()}
     if r1_gamma > 0:
         (grad,) = torch.autograd.grad(real_score.sum(), reals, create_graph=True)
         r1 = grad.float().square().flatten(1).sum(1)
         loss = loss + r1 * (r1_gamma / 2)
-    stats = {"D_real": real_score.mean().item(), "D_fake": fake_score.mean().item(), "r1": r1.mean().item()}
+        stats["r1"] = r1.mean().item()
     return loss.mean(), stats
 
 
@@ -70,23 +78,26 @@ def logistic_g_loss(D: Critic, fakes: torch.Tensor) -> torch.Tensor:
 class Loss(Protocol):
     """A GAN objective: the discriminator's loss (with its penalty) and the generator's."""
 
-    def d_loss(self, D: Critic, reals: torch.Tensor, fakes: torch.Tensor,
-               generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def d_loss(self, D: Critic, reals: torch.Tensor, fakes: torch.Tensor, generator: torch.Generator,
+               step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
 
     def g_loss(self, D: Critic, fakes: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
 class WGANGP:
-    """wgan_gp_d_loss / wgan_g_loss; the penalty's interpolation weights come from the step's generator."""
+    """wgan_gp_d_loss / wgan_g_loss; the penalty's interpolation weights come from the step's generator, the penalty
+    on the steps that are multiples of `interval`, weighted `interval` times."""
 
     gp_lambda: float = 10.0
     drift: float = 0.001
     gp_target: float = 1.0
+    interval: int = 1
 
-    def d_loss(self, D: Critic, reals: torch.Tensor, fakes: torch.Tensor,
-               generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        return wgan_gp_d_loss(D, reals, fakes, self.gp_lambda, self.drift, self.gp_target, generator)
+    def d_loss(self, D: Critic, reals: torch.Tensor, fakes: torch.Tensor, generator: torch.Generator,
+               step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        gp_lambda = self.gp_lambda * self.interval if step % self.interval == 0 else 0.0
+        return wgan_gp_d_loss(D, reals, fakes, gp_lambda, self.drift, self.gp_target, generator)
 
     def g_loss(self, D: Critic, fakes: torch.Tensor) -> torch.Tensor:
         return wgan_g_loss(D, fakes)
@@ -94,13 +105,16 @@ class WGANGP:
 
 @dataclass(frozen=True)
 class LogisticR1:
-    """logistic_r1_d_loss / logistic_g_loss; draws no random numbers."""
+    """logistic_r1_d_loss / logistic_g_loss; draws no random numbers; r1 on the steps that are multiples of
+    `interval`, weighted `interval` times."""
 
     r1_gamma: float = 10.0
+    interval: int = 1
 
-    def d_loss(self, D: Critic, reals: torch.Tensor, fakes: torch.Tensor,
-               generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        return logistic_r1_d_loss(D, reals, fakes, self.r1_gamma)
+    def d_loss(self, D: Critic, reals: torch.Tensor, fakes: torch.Tensor, generator: torch.Generator,
+               step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        r1_gamma = self.r1_gamma * self.interval if step % self.interval == 0 else 0.0
+        return logistic_r1_d_loss(D, reals, fakes, r1_gamma)
 
     def g_loss(self, D: Critic, fakes: torch.Tensor) -> torch.Tensor:
         return logistic_g_loss(D, fakes)
@@ -109,5 +123,5 @@ class LogisticR1:
 def make_loss(cfg: TrainConfig) -> Loss:
     """The Loss named by cfg.loss, with cfg's penalty weights."""
     if cfg.loss == "wgan_gp":
-        return WGANGP(cfg.gp_lambda, cfg.drift, cfg.gp_target)
-    return LogisticR1(cfg.r1_gamma)  # "logistic", the only other loss TrainConfig accepts
+        return WGANGP(cfg.gp_lambda, cfg.drift, cfg.gp_target, cfg.reg_interval)
+    return LogisticR1(cfg.r1_gamma, cfg.reg_interval)  # "logistic", the only other loss TrainConfig accepts

@@ -61,7 +61,7 @@ class TrainStep:
         with autocast:
             with torch.no_grad():
                 fakes = self.fakes(n, phase, gen)
-            loss_D, stats = self.loss.d_loss(D, reals, fakes.float(), gen)
+            loss_D, stats = self.loss.d_loss(D, reals, fakes.float(), gen, phase.step)
         self._descend(loss_D, nets.D, nets.opt_D)
 
         nets.G.requires_grad_(True)
