@@ -115,6 +115,60 @@ def test_graphs_have_a_dynamic_batch_axis_and_no_random_ops(exported, arch):
     assert "ConvTranspose" in ops and "Resize" not in ops  # nearest upsampling folded into its 3x3 convolution
     if arch == "stylegan":  # AdaIN's normalisation and style in one node per layer
         assert "InstanceNormalization" in ops and "Pow" not in ops
+    # No spatial convolution carries a computed zero bias (which keeps ONNX Runtime's CPU provider off NCHWc).
+    graph = onnx.load(str(exported[arch]["onnx"] / SYNTHESIS_FILE)).graph
+    computed = {out for node in graph.node for out in node.output}
+    convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    spatial = [n for n in convs if np.prod(next(a.ints for a in n.attribute if a.name == "kernel_shape")) > 1]
+    assert spatial and all(len(n.input) == 2 or n.input[2] not in computed for n in spatial)
+
+
+def _conv_model(bias: str) -> onnx.ModelProto:
+    """x [1, 16, 8, 8] -> 3x3 Conv with the bias `bias` names ("" for none), and a 1x1 one with a zero bias."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32))),
+        helper.make_node("Constant", [], ["n"], value=numpy_helper.from_array(np.array([16], np.int64))),
+        helper.make_node("Cast", ["zero"], ["zero_f"], to=TensorProto.FLOAT),
+        helper.make_node("Expand", ["zero_f", "n"], ["zero_bias"]),
+        helper.make_node("Conv", ["x", "w", bias] if bias else ["x", "w"], ["y"], kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["y", "w1", "zero_bias1"], ["out"], kernel_shape=[1, 1]),
+    ]
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((1, 16, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.zeros(1, np.float32), "zero_bias1"),
+             numpy_helper.from_array(np.full(16, 0.5, np.float32), "half")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def test_a_computed_zero_bias_is_dropped_and_the_graph_computes_the_same(tmp_path):
+    import onnxruntime as ort
+
+    from ganserve.export.onnx_export import drop_zero_conv_bias
+
+    x = np.random.default_rng(1).standard_normal((1, 16, 8, 8)).astype(np.float32)
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    for bias, dropped in (("zero_bias", 1), ("half", 0), ("", 0)):
+        path = tmp_path / f"{bias or 'none'}.onnx"
+        onnx.save(_conv_model(bias), str(path))
+        before = run(path)
+        assert drop_zero_conv_bias(path) == dropped
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        conv3, conv1 = [n for n in model.graph.node if n.op_type == "Conv"]
+        assert list(conv3.input) == (["x", "w"] if bias in ("zero_bias", "") else ["x", "w", "half"])
+        assert list(conv1.input) == ["y", "w1", "zero_bias1"]  # 1x1: left alone
+        if dropped:  # what computed the bias is gone
+            assert [n.op_type for n in model.graph.node] == ["Conv", "Conv"]
+        np.testing.assert_array_equal(run(path), before)
 
 
 def test_manifest_describes_the_artifact(exported, arch):
