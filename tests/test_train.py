@@ -165,7 +165,8 @@ def test_lazy_regularisation_applies_the_penalty_every_nth_step_weighted_n_times
     for step in range(9):
         on = step % 4 == 0
         loss, stats = wgan.d_loss(critic, reals, fakes, torch.Generator().manual_seed(1), step)
-        expected = wgan_gp_d_loss(critic, reals, fakes, 20.0 if on else 0.0, 0.001, 1.0, torch.Generator().manual_seed(1))
+        expected = wgan_gp_d_loss(critic, reals, fakes, 20.0 if on else 0.0, 0.001, 1.0,
+                                  torch.Generator().manual_seed(1))
         assert torch.equal(loss, expected[0]) and stats == expected[1] and ("gp" in stats) == on
         loss, stats = logistic.d_loss(critic, reals, fakes, torch.Generator(), step)
         expected = logistic_r1_d_loss(critic, reals, fakes, 12.0 if on else 0.0)
