@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -70,19 +71,25 @@ def main() -> None:
     p.add_argument("--a-backend", default="torch", help="--backend of server A (default torch)")
     p.add_argument("--b-backend", default="torch", help="--backend of server B (default torch); e.g. --a . --b . "
                    "--b-backend auto compares the default backend with eager torch on one tree")
+    p.add_argument("--a-flags", default="", help="more `ganserve serve` flags for server A only, e.g. "
+                   "'--max-batch-size 8'")
+    p.add_argument("--b-flags", default="", help="more `ganserve serve` flags for server B only")
     args, extra = p.parse_known_args()
     extra = [x for x in extra if x != "--"]
     model = args.model or sb.default_model()
     flags = ["--workers-per-device", str(args.workers), "--cpu-threads", "1", "--log-level", "warning", *extra]
     backends = {"A": args.a_backend, "B": args.b_backend}
+    own_flags = {"A": shlex.split(args.a_flags), "B": shlex.split(args.b_flags)}
     trees = {"A": Path(args.a).resolve(), "B": Path(args.b).resolve()}
     say = lambda line: print(line, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="serve-ab-") as tmp:
         servers: dict[str, ServerProcess] = {}
         try:
             for name, tree in trees.items():
-                servers[name] = start(tree, model, ["--backend", backends[name], *flags], Path(tmp) / f"{name}.log")
-                say(f"{name}: ganserve serve --backend {backends[name]} from {tree} at {servers[name].url}")
+                servers[name] = start(tree, model, ["--backend", backends[name], *flags, *own_flags[name]],
+                                      Path(tmp) / f"{name}.log")
+                say(f"{name}: ganserve serve --backend {backends[name]} {shlex.join(own_flags[name])} from {tree} "
+                    f"at {servers[name].url}")
             rows: dict[str, list[dict]] = {name: [] for name in trees}
             for r in range(args.rounds):
                 for name in (("A", "B") if r % 2 == 0 else ("B", "A")):  # who goes first alternates

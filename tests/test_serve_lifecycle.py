@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serving import pixels, torch_blocked_env
+from serving import parts_of, pixels, torch_blocked_env
 
 from ganserve.devices import cpu_cores
 from ganserve.multipart import MultipartParser, boundary_of
@@ -207,4 +207,10 @@ def test_the_default_server_on_the_cpu_runs_where_torch_cannot_be_imported(model
             r = http.get("/generate", params={"seed": seed, "psi": 0.7})
             assert r.status_code == 200 and r.headers["content-type"] == "image/png"
             assert np.array_equal(pixels(r.content), expected[k])
+        # One request of 64 seeds keeps 2 x max batch x workers images in flight, each worker's fair share of them
+        # above 8: on the CPU the default max batch of 8 caps its batches, and they are full.
+        r = http.post("/generate", json={"seeds": list(range(64))})
+        assert r.status_code == 200, r.text
+        sizes = [int(p.headers["x-batch-size"]) for p in parts_of(r)]
+        assert len(sizes) == 64 and max(sizes) == 8, sizes
     assert "blocked by this test" not in (tmp_path / "server.log").read_text()

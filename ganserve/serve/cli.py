@@ -67,9 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N")
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or ::")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch-size", type=int, default=32,
-                   help="images per device batch, at most (default 32); under light load a worker's batch closes at "
-                        "its fair share of the images in the server")
+    p.add_argument("--max-batch-size", type=int, default=None,
+                   help="images per device batch, at most (default 8 on the CPU, 32 on a GPU); under light load a "
+                        "worker's batch closes at its fair share of the images in the server")
     p.add_argument("--batch-timeout-ms", type=float, default=5.0,
                    help="how long a batch waits to fill up to that share (default 5 ms)")
     p.add_argument("--devices", type=int, default=1, help="GPUs to use (default 1)")

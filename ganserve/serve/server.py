@@ -38,7 +38,7 @@ class ServeOptions:
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch_size: int = 32
+    max_batch_size: int | None = None  # default: default_max_batch(device)
     batch_timeout_ms: float = 5.0
     devices: int = 1
     workers_per_device: int | None = None  # default: 1 per GPU; on the CPU one per core (at most 4 for torch)
@@ -117,6 +117,14 @@ def default_workers(device: Device, backend: str = "auto") -> int:
     return cpu_cores() if backend in ("auto", "onnxruntime") else min(4, cpu_cores())
 
 
+def default_max_batch(device: Device) -> int:
+    """Images per device batch unless --max-batch-size says otherwise: 32 on a GPU, where larger batches keep paying;
+    8 on the CPU, where a worker's images/s is flat from batch 8 up (benchmarks/results/serve_cpu_*_ceiling.csv)
+    and smaller batches keep both workers busy at 32 clients while the previous batches' answers go out: 1.08x the
+    images/s of 32 with ONNX Runtime, 1.05x with eager torch (benchmarks/README.md)."""
+    return 32 if device.type == "cuda" else 8
+
+
 def build_server(opts: ServeOptions) -> Server:
     models = named_models(opts.models)
     backend = resolve_backend(opts.backend)
@@ -135,12 +143,13 @@ def build_server(opts: ServeOptions) -> Server:
     summary += f" on {device.type}"
     state_dir = Path(tempfile.mkdtemp(prefix="ganserve-serve-"))
     workers = opts.workers_per_device or default_workers(device, backend)
+    max_batch = opts.max_batch_size or default_max_batch(device)
     cpu_threads = opts.cpu_threads or cpu_threads_per_worker(workers)
     worker = GeneratorWorker(models, backend, state_dir, cpu_threads, precision=opts.precision)
     settings = ServerSettings(
         api_path="/generate", accelerator="cuda" if device.type == "cuda" else "cpu",
         devices=[device.index] if device.index is not None else opts.devices, workers_per_device=workers,
-        max_batch_size=opts.max_batch_size, batch_timeout=opts.batch_timeout_ms / 1000, timeout=opts.timeout_s,
+        max_batch_size=max_batch, batch_timeout=opts.batch_timeout_ms / 1000, timeout=opts.timeout_s,
         drain_seconds=DRAIN_SECONDS,
     )
     inference = InferenceServer(worker, settings)
@@ -151,7 +160,7 @@ def build_server(opts: ServeOptions) -> Server:
     svc = Service(
         configs=configs, default_model=next(iter(models)), backend=backend,
         dispatcher=dispatcher, encoder=Encoder(opts.encode_threads), metrics=metrics, max_seeds=opts.max_seeds,
-        window=2 * opts.max_batch_size * inference.num_workers, server=inference, backend_names=server.backend_names,
+        window=2 * max_batch * inference.num_workers, server=inference, backend_names=server.backend_names,
     )
     install(inference.app, svc, opts.api_key, opts.max_body_bytes)
     return server
