@@ -22,6 +22,7 @@ from conftest import tiny_generator
 from PIL import Image
 from test_stylegan2 import tiny_sg2
 
+from ganserve.devices import default_batch_size
 from ganserve.inference.registry import load_backend
 from ganserve.inference.sampling import batch_styles, make_specs, prepare_batch
 from ganserve.models.layers import conv2d
@@ -29,7 +30,8 @@ from ganserve.models.weights import save_model
 from ganserve.multipart import MultipartParser, boundary_of
 from ganserve.serve.process import ServerProcess
 
-MAX_BATCH = 32  # ganserve serve's default --max-batch-size
+MAX_BATCH = default_batch_size("cpu")  # ganserve serve's default --max-batch-size on the CPU (8)
+LARGE_BATCH = 32  # a larger --max-batch-size, as a user may set it
 SEEDS = range(128)
 
 
@@ -111,11 +113,12 @@ def cli_images(model: Path, outdir: Path, *flags: str) -> dict[int, np.ndarray]:
     return {s: np.asarray(Image.open(outdir / f"seed{s:04d}.png")) for s in SEEDS}
 
 
-def served_images(server: ServerProcess) -> tuple[dict[str, dict[int, list[np.ndarray]]], dict[str, set[int]]]:
+def served_images(server: ServerProcess, max_batch: int = MAX_BATCH
+                  ) -> tuple[dict[str, dict[int, list[np.ndarray]]], dict[str, set[int]]]:
     """Every seed of SEEDS from both models many times over: first one POST at a time of 2k seeds for k = 1 to
-    MAX_BATCH (the two CPU workers split each into two device batches of k), then GETs and POSTs of shuffled seeds
-    from 12 clients at once (each seed twice). Returns the pixels received per model and seed, and the batch sizes
-    seen per model."""
+    max_batch (the server's --max-batch-size; the two CPU workers split each into two device batches of k), then
+    GETs and POSTs of shuffled seeds from 12 clients at once (each seed twice). Returns the pixels received per model
+    and seed, and the batch sizes seen per model."""
     names = [m["name"] for m in httpx.get(f"{server.url}/models").json()["models"]]
     images: dict[str, dict[int, list[np.ndarray]]] = {m: {s: [] for s in SEEDS} for m in names}
     sizes: dict[str, set[int]] = {m: set() for m in names}
@@ -139,7 +142,7 @@ def served_images(server: ServerProcess) -> tuple[dict[str, dict[int, list[np.nd
 
     with httpx.Client(base_url=server.url, timeout=120) as client:
         for model in names:
-            for k in range(1, MAX_BATCH + 1):
+            for k in range(1, max_batch + 1):
                 for _ in range(3):  # a batch window can rarely merge or split; ask again until size k was seen
                     post(client, model, list(range(2 * k)))
                     if k in sizes[model]:
@@ -164,10 +167,10 @@ def served_images(server: ServerProcess) -> tuple[dict[str, dict[int, list[np.nd
     return images, sizes
 
 
-def assert_same_pixels(served, sizes, cli) -> None:
+def assert_same_pixels(served, sizes, cli, max_batch: int = MAX_BATCH) -> None:
     assert set(served) == set(cli)
     for model in cli:
-        assert sizes[model] >= set(range(1, MAX_BATCH + 1)), f"{model}: batch sizes seen {sorted(sizes[model])}"
+        assert sizes[model] >= set(range(1, max_batch + 1)), f"{model}: batch sizes seen {sorted(sizes[model])}"
         for seed in SEEDS:
             assert len(served[model][seed]) >= 2
             for got in served[model][seed]:
@@ -186,7 +189,8 @@ def test_server_defaults_and_generate_defaults_write_the_same_pixels(models, tmp
 
 @pytest.mark.slow
 def test_with_an_onnx_export_server_and_generate_still_agree(models, tmp_path_factory, tmp_path):
-    """With an export next to each model, `auto` picks ONNX Runtime on both sides; the promise holds there too."""
+    """With an export next to each model, `auto` picks ONNX Runtime on both sides; the promise holds there too, and
+    at batches up to 32 (a --max-batch-size above the CPU default) against `generate`'s default batches of 8."""
     root = tmp_path_factory.mktemp("exported")
     exported = {}
     for name, d in models.items():
@@ -194,9 +198,9 @@ def test_with_an_onnx_export_server_and_generate_still_agree(models, tmp_path_fa
         subprocess.run([sys.executable, "-m", "ganserve.cli", "export", "--model", str(exported[name])],
                        check=True, capture_output=True, timeout=600)
     cli = {name: cli_images(d, tmp_path / name) for name, d in exported.items()}
-    with ServerProcess([f"{name}={d}" for name, d in exported.items()], "--device", "cpu",
-                       log=tmp_path / "server.log") as server:
+    with ServerProcess([f"{name}={d}" for name, d in exported.items()], "--device", "cpu", "--max-batch-size",
+                       str(LARGE_BATCH), log=tmp_path / "server.log") as server:
         listed = httpx.get(f"{server.url}/models").json()
         assert "onnxruntime" in str(listed), listed
-        served, sizes = served_images(server)
-    assert_same_pixels(served, sizes, cli)
+        served, sizes = served_images(server, LARGE_BATCH)
+    assert_same_pixels(served, sizes, cli, LARGE_BATCH)

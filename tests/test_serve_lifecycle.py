@@ -208,7 +208,8 @@ def test_the_default_server_on_the_cpu_runs_where_torch_cannot_be_imported(model
             assert r.status_code == 200 and r.headers["content-type"] == "image/png"
             assert np.array_equal(pixels(r.content), expected[k])
         # One request of 64 seeds keeps 2 x max batch x workers images in flight, each worker's fair share of them
-        # above 8: on the CPU the default max batch of 8 caps its batches, and they are full.
+        # above 8: on the CPU the default max batch of 8 (devices.default_batch_size) caps its batches, which are
+        # full.
         r = http.post("/generate", json={"seeds": list(range(64))})
         assert r.status_code == 200, r.text
         sizes = [int(p.headers["x-batch-size"]) for p in parts_of(r)]

@@ -81,7 +81,7 @@ def latent_specs(config: ModelConfig, name: str, path: str, array: np.ndarray, *
 def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from ganserve.devices import keep_freed_memory
+    from ganserve.devices import default_batch_size, keep_freed_memory
     from ganserve.imaging import make_grid, to_pil
     from ganserve.inference.bulk import default_generate_workers, write_images
     from ganserve.inference.registry import load_backend
@@ -91,7 +91,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if len(given) != 1:
         raise UsageError("give exactly one of --seeds, --z FILE and --w FILE" +
                          (f", not {' and '.join(given)}" if given else ""))
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size: batch size must be at least 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
@@ -108,7 +108,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     workers = args.workers or default_generate_workers(backend)
     desc = f"generate ({backend.describe()}" + (f", {workers} processes)" if workers > 1 else ")")
     with tqdm(total=len(specs), unit="img", desc=desc, disable=args.quiet) as bar:
-        images = write_images(backend, specs, Path(args.outdir), args.format, args.batch_size, workers,
+        images = write_images(backend, specs, Path(args.outdir), args.format,
+                              args.batch_size or default_batch_size(backend.device), workers,
                               keep=bool(args.grid), progress=bar.update)
     if args.grid:
         grid = Path(args.grid)
@@ -208,7 +209,7 @@ def _check_video_support() -> None:
 def cmd_interpolate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from ganserve.devices import keep_freed_memory
+    from ganserve.devices import default_batch_size, keep_freed_memory
     from ganserve.files import atomic_write
     from ganserve.imaging import encode, encode_animation
     from ganserve.inference.registry import load_backend
@@ -217,7 +218,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     kind = _output_kind(out)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size: batch size must be at least 1, got {args.batch_size}")
     if args.steps < 2:
         raise UsageError(f"--steps: frames per leg, both ends included, must be at least 2, got {args.steps}")
@@ -250,7 +251,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
         desc = f"interpolate ({backend.describe()})"
         index = 0
         with tqdm(total=len(specs), unit="frame", desc=desc, disable=args.quiet) as bar:
-            for batch in iter_batches(specs, args.batch_size):
+            for batch in iter_batches(specs, args.batch_size or default_batch_size(backend.device)):
                 for image in backend.generate(batch):
                     if kind == "dir":
                         (out / f"frame{index:04d}.{FRAME_FORMAT}").write_bytes(encode(image, FRAME_FORMAT))
@@ -281,7 +282,8 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
 
 # -- parser ----------------------------------------------------------------------------------------------------
 def _add_backend_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch, at most (default 32)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch, at most (default 8 on the CPU, 32 on a GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="inference backend; auto: the fastest that runs here (default)")

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ganserve.devices import Device, cpu_cores, cpu_threads_per_worker, resolve_device
+from ganserve.devices import Device, cpu_cores, cpu_threads_per_worker, default_batch_size, resolve_device
 from ganserve.errors import ServeError, UsageError
 from ganserve.models.weights import bundled_models, load_config, resolve_model
 from ganserve.serve.api import GeneratorWorker
@@ -38,7 +38,7 @@ class ServeOptions:
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch_size: int | None = None  # default: default_max_batch(device)
+    max_batch_size: int | None = None  # default: devices.default_batch_size(device)
     batch_timeout_ms: float = 5.0
     devices: int = 1
     workers_per_device: int | None = None  # default: 1 per GPU; on the CPU one per core (at most 4 for torch)
@@ -117,14 +117,6 @@ def default_workers(device: Device, backend: str = "auto") -> int:
     return cpu_cores() if backend in ("auto", "onnxruntime") else min(4, cpu_cores())
 
 
-def default_max_batch(device: Device) -> int:
-    """Images per device batch unless --max-batch-size says otherwise: 32 on a GPU, where larger batches keep paying;
-    8 on the CPU, where a worker's images/s is flat from batch 8 up (benchmarks/results/serve_cpu_*_ceiling.csv)
-    and smaller batches keep both workers busy at 32 clients while the previous batches' answers go out: 1.08x the
-    images/s of 32 with ONNX Runtime, 1.05x with eager torch (benchmarks/README.md)."""
-    return 32 if device.type == "cuda" else 8
-
-
 def build_server(opts: ServeOptions) -> Server:
     models = named_models(opts.models)
     backend = resolve_backend(opts.backend)
@@ -143,7 +135,7 @@ def build_server(opts: ServeOptions) -> Server:
     summary += f" on {device.type}"
     state_dir = Path(tempfile.mkdtemp(prefix="ganserve-serve-"))
     workers = opts.workers_per_device or default_workers(device, backend)
-    max_batch = opts.max_batch_size or default_max_batch(device)
+    max_batch = opts.max_batch_size or default_batch_size(device)
     cpu_threads = opts.cpu_threads or cpu_threads_per_worker(workers)
     worker = GeneratorWorker(models, backend, state_dir, cpu_threads, precision=opts.precision)
     settings = ServerSettings(
