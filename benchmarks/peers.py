@@ -264,7 +264,8 @@ def main() -> None:
                           for n in names]
                 cells += [f"{med['ganserve']['images_per_s'] / med[n]['images_per_s']:.2f}" for n in peers]
                 print("| " + " | ".join(cells) + " |", flush=True)
-                table += [{"server": n, "clients": clients, **med[n], "backend": args.backend} for n in names]
+                table += [{"server": n, "clients": clients, **med[n], "backend": args.backend,
+                           "max_batch": args.max_batch_size} for n in names]
             if args.csv:
                 with open(args.csv, "w", newline="") as f:
                     writer = csv.DictWriter(f, fieldnames=list(table[0]))
@@ -324,7 +325,8 @@ def plot(sources: list[Path], path: Path) -> None:
             ax.set_xticks(levels, [str(x) for x in levels])
             ax.set_xlabel("clients (requests in flight)")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"backend {rows[0]['backend']}", fontsize=9)
+            batch = f", max batch {rows[0]['max_batch']}" if rows[0].get("max_batch") else ""
+            ax.set_title(f"backend {rows[0]['backend']}{batch}", fontsize=9)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
         ax1.set_ylim(bottom=0)
