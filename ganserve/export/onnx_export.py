@@ -128,7 +128,8 @@ def drop_zero_conv_bias(path: Path) -> int:
     """Remove every Conv/ConvTranspose bias that is a constant zero, and the nodes left computing it; returns how
     many. The exporter gives a convolution without bias a computed zero bias (Expand of a Cast of 0), which ONNX
     Runtime does not fold: its CPU provider then keeps the convolution in NCHW instead of its blocked NCHWc kernels,
-    1.2x slower for the bundled StyleGAN (benchmarks/README.md, Roofline). Adding zero changes no value."""
+    its synthesis graph 1.12-1.17x slower for the bundled StyleGAN (benchmarks/README.md, Roofline). Adding zero
+    changes no value."""
     import onnx
     from onnx import numpy_helper
 
