@@ -262,7 +262,10 @@ def export_onnx(
                  + (f"{len(noise)} noise inputs)" if not extra_inputs else "input transform [batch, 3, 3])"))
         _quiet_export(synthesis_graph(S, output, dtype).eval(), args, tmp / SYNTHESIS_FILE,
                       ["ws", *noise_names, *extra_inputs], ["images"], shapes, opset)
-        drop_zero_conv_bias(tmp / SYNTHESIS_FILE)
+        if config.arch in ("stylegan", "progan"):
+            # Only where the batch stays its own axis: StyleGAN2/3 fold it into their convolutions' groups, and an
+            # image's result from ONNX Runtime's NCHWc kernels then depends on the batch size it came in.
+            drop_zero_conv_bias(tmp / SYNTHESIS_FILE)
         progress("[4/5] checking the graphs (onnx.checker, no random ops, agreement with PyTorch)")
         ops = {name: check_graph(tmp / name) for name in (MAPPING_FILE, SYNTHESIS_FILE)}
         agreement = _compare_with_eager(tmp, G, noise_names, extra_inputs, output, fp16)
