@@ -30,8 +30,7 @@ _HELP = {
     "batch_sizes": "global batch per resolution: one number, or res:batch pairs like 4:64,8:64,16:32",
     "loss": "wgan_gp (ProGAN default) or logistic with r1 (StyleGAN default)",
     "reg_interval": "apply the gradient penalty (gp or r1) on every Nth discriminator step only, weighted N times "
-                    "(lazy regularisation, as StyleGAN2: 16 there; each penalty step costs about as much as the "
-                    "rest of the step)",
+                    "(lazy regularisation, as StyleGAN2: 16 there); the penalty is about 45%% of a step's time",
     "ema_kimg": "half-life of the generator EMA in kimg (scaled by kimg-scale)",
     "style_mixing_prob": "style_mixing regularisation probability (StyleGAN)",
     "mirror": "random x-flip augmentation",
