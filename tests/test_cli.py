@@ -132,6 +132,20 @@ def _zoo_files() -> set[Path]:
     return set((ROOT / "ganserve" / "zoo").rglob("*")) if (ROOT / "ganserve" / "zoo").is_dir() else set()
 
 
+def test_every_subcommands_help_renders():
+    """argparse expands % in help texts only when --help is asked for; a stray % fails there and nowhere else."""
+    import argparse
+
+    from ganserve.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"serve", "generate", "train", "eval", "export"} <= set(subparsers.choices)
+    for name, sub in subparsers.choices.items():
+        text = sub.format_help()
+        assert text.startswith(f"usage: ganserve {name}"), name
+
+
 @pytest.mark.parametrize("command", ["generate", "eval", "export"])
 def test_model_is_optional_and_its_help_names_the_default(command):
     help_text = " ".join(ganserve(command, "--help").stdout.split())
