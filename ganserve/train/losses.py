@@ -75,6 +75,11 @@ def logistic_g_loss(D: Critic, fakes: torch.Tensor) -> torch.Tensor:
     return F.softplus(-D(fakes).float()).mean()
 
 
+def lazy_weight(weight: float, interval: int, step: int) -> float:
+    """A penalty's weight at `step` under lazy regularisation: `interval` times `weight` on its steps, 0 between."""
+    return weight * interval if step % interval == 0 else 0.0
+
+
 class Loss(Protocol):
     """A GAN objective: the discriminator's loss (with its penalty) and the generator's."""
 
@@ -96,7 +101,7 @@ class WGANGP:
 
     def d_loss(self, D: Critic, reals: torch.Tensor, fakes: torch.Tensor, generator: torch.Generator,
                step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        gp_lambda = self.gp_lambda * self.interval if step % self.interval == 0 else 0.0
+        gp_lambda = lazy_weight(self.gp_lambda, self.interval, step)
         return wgan_gp_d_loss(D, reals, fakes, gp_lambda, self.drift, self.gp_target, generator)
 
     def g_loss(self, D: Critic, fakes: torch.Tensor) -> torch.Tensor:
@@ -113,8 +118,7 @@ class LogisticR1:
 
     def d_loss(self, D: Critic, reals: torch.Tensor, fakes: torch.Tensor, generator: torch.Generator,
                step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        r1_gamma = self.r1_gamma * self.interval if step % self.interval == 0 else 0.0
-        return logistic_r1_d_loss(D, reals, fakes, r1_gamma)
+        return logistic_r1_d_loss(D, reals, fakes, lazy_weight(self.r1_gamma, self.interval, step))
 
     def g_loss(self, D: Critic, fakes: torch.Tensor) -> torch.Tensor:
         return logistic_g_loss(D, fakes)
