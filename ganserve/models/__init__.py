@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ganserve.models.discriminator import Discriminator
     from ganserve.models.generator import ProgressiveGenerator
     from ganserve.models.stylegan2 import StyleGAN2Generator
+    from ganserve.models.stylegan2_discriminator import StyleGAN2Discriminator
     from ganserve.models.stylegan3 import StyleGAN3Generator
 
 _LAZY = {
@@ -24,6 +25,7 @@ _LAZY = {
     "ProGANGenerator": "ganserve.models.progan",
     "StyleGANGenerator": "ganserve.models.stylegan",
     "StyleGAN2Generator": "ganserve.models.stylegan2",
+    "StyleGAN2Discriminator": "ganserve.models.stylegan2_discriminator",
     "StyleGAN3Generator": "ganserve.models.stylegan3",
 }
 
@@ -40,8 +42,11 @@ def build_generator(config: ModelConfig) -> ProgressiveGenerator | StyleGAN2Gene
     return __getattr__(cls)(config)
 
 
-def build_discriminator(config: ModelConfig) -> Discriminator:
-    return __getattr__("Discriminator")(config)
+def build_discriminator(config: ModelConfig) -> Discriminator | StyleGAN2Discriminator:
+    """ProGAN's progressive discriminator for ProGAN and StyleGAN, the residual one for StyleGAN2 (training only)."""
+    if config.arch not in ("progan", "stylegan", "stylegan2"):
+        raise ValueError(f"no discriminator for arch {config.arch!r}: it is not trained here")
+    return __getattr__("StyleGAN2Discriminator" if config.arch == "stylegan2" else "Discriminator")(config)
 
 
 __all__ = [
@@ -49,6 +54,7 @@ __all__ = [
     "ModelConfig",
     "ProGANGenerator",
     "ProgressiveGenerator",
+    "StyleGAN2Discriminator",
     "StyleGAN2Generator",
     "StyleGAN3Generator",
     "StyleGANGenerator",

@@ -13,7 +13,8 @@ from typing import Any
 from ganserve.errors import ConfigError
 
 ARCHS = ("progan", "stylegan", "stylegan2", "stylegan3")
-TRAINABLE_ARCHS = ("progan", "stylegan")  # ganserve train's progressive trainer; StyleGAN2/3 models are imported
+TRAINABLE_ARCHS = ("progan", "stylegan", "stylegan2")  # ganserve train; StyleGAN3 models are imported
+PROGRESSIVE_ARCHS = ("progan", "stylegan")  # grown from 4x4; StyleGAN2 trains at its full resolution throughout
 SG3_CONFIGS = ("t", "r")  # StyleGAN3 config T (translation equivariant) and R (rotation too: 1x1 convs, radial filters)
 SG2_ARCHITECTURES = ("orig", "skip", "resnet")  # StyleGAN2 generator: how toRGB outputs are combined
 FORMAT_NAME = "ganserve-model"

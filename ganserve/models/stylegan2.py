@@ -28,6 +28,14 @@ from ganserve.models.layers import (
 # -- ops ----------------------------------------------------------------------------------------------------------
 
 
+def check_full_resolution(config: ModelConfig, stage: int | None, alpha: float) -> None:
+    """StyleGAN2 does not grow: the trainer's stage and alpha, when given, must be the last stage, fully faded in."""
+    last = config.num_stages - 1
+    if (stage is not None and stage != last) or alpha < 1.0:
+        raise ValueError(f"{config.arch} is not progressive: it runs at its full resolution only (stage {last}, "
+                         f"alpha 1), got stage {stage}, alpha {alpha}")
+
+
 def setup_filter(taps: list[float] | torch.Tensor) -> torch.Tensor:
     """The 2D FIR filter [k, k] of separable `taps`, normalised to unit DC gain (NVlabs' upfirdn2d.setup_filter)."""
     f = torch.as_tensor(taps, dtype=torch.float32)
@@ -389,12 +397,20 @@ class StyleGAN2Generator(MappedGenerator):
         if self.synthesis_net.num_ws != config.num_ws:
             raise ValueError(f"synthesis takes {self.synthesis_net.num_ws} ws, config says {config.num_ws}")
 
-    def synthesis(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def synthesis(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None, stage: int | None = None,
+                  alpha: float = 1.0) -> torch.Tensor:
         """ws [N, num_ws, w_dim] -> image [N, C, R, R] in about [-1, 1]. `noise`: one [N, 1, r, r] map per layer
-        with noise (noise_resolutions()), or None for the constant buffers."""
+        with noise (noise_resolutions()), or None for the constant buffers. `stage`/`alpha` (the trainer's
+        position), when given, must be the last stage: the network does not grow."""
+        check_full_resolution(self.config, stage, alpha)
         if noise is not None and len(noise) != len(self.noise_resolutions()):
             raise ValueError(f"noise has {len(noise)} maps, this model takes {len(self.noise_resolutions())}")
         return self.synthesis_net(ws, noise)
+
+    @property
+    def last_stage(self) -> int:
+        """The one stage the network has, in the trainer's numbering (stage s makes 4 * 2**s pixels)."""
+        return self.config.num_stages - 1
 
     def half_layers(self) -> list[SynthesisBlock]:
         blocks = self.synthesis_net.blocks()  # NVlabs: the num_fp16_res highest resolutions, never 4x4

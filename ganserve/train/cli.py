@@ -20,12 +20,13 @@ from ganserve.train.config import LOSSES, RESUME_OVERRIDABLE, TrainConfig, parse
 _HELP = {
     "data": "folder (searched recursively) or zip of PNG/JPEG/WebP images",
     "out": "run directory (config, checkpoints, samples, tensorboard, model/)",
-    "arch": "network architecture",
+    "arch": "network architecture: progan and stylegan grow from 4x4 (--fade-kimg, --stab-kimg); stylegan2 "
+            "trains at the full resolution for --final-kimg, with a residual discriminator",
     "resolution": "final resolution (default: largest power of two that fits the first image)",
     "img_channels": "1 (greyscale) or 3 (RGB)",
     "fade_kimg": "kimg of fade_in per new resolution (paper: 600)",
     "stab_kimg": "kimg of stabilising per resolution (paper: 600)",
-    "final_kimg": "kimg at the final resolution (default: stab-kimg)",
+    "final_kimg": "kimg at the final resolution, for stylegan2 the whole run (default: stab-kimg)",
     "kimg_scale": "multiply every schedule length by this, e.g. 0.01 for a quick run",
     "batch_sizes": "global batch per resolution: one number, or res:batch pairs like 4:64,8:64,16:32",
     "loss": "wgan_gp (ProGAN default) or logistic with r1 (StyleGAN default)",

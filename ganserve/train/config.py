@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ganserve.errors import ConfigError
-from ganserve.models.config import TRAINABLE_ARCHS, ModelConfig, stage_resolution
+from ganserve.models.config import PROGRESSIVE_ARCHS, TRAINABLE_ARCHS, ModelConfig, stage_resolution
 
 LOSSES = ("wgan_gp", "logistic")
-DEFAULT_LOSS = {"progan": "wgan_gp", "stylegan": "logistic"}
+DEFAULT_LOSS = {"progan": "wgan_gp", "stylegan": "logistic", "stylegan2": "logistic"}
 # Minibatch size per resolution. ProGAN paper: 16 up to 128^2, then 14, 6, 3. StyleGAN (FFHQ config): 256 at
-# 4-16^2 over 8 GPUs, halving from there; ours is its per-8-GPU dict halved to fit one GPU.
+# 4-16^2 over 8 GPUs, halving from there; ours is its per-8-GPU dict halved to fit one GPU. StyleGAN2 (one
+# resolution, the last): StyleGAN2-ADA's automatic configuration on one GPU, min(4096 / resolution, 32).
 DEFAULT_BATCH_SIZES = {
     "progan": {4: 16, 8: 16, 16: 16, 32: 16, 64: 16, 128: 16, 256: 14, 512: 6, 1024: 3},
     "stylegan": {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4},
+    "stylegan2": {4: 32, 8: 32, 16: 32, 32: 32, 64: 32, 128: 32, 256: 16, 512: 8, 1024: 4},
 }
 CONFIG_NAME = "train_config.json"
 # ModelConfig fields a TrainConfig may set (None = ModelConfig's default).
@@ -127,6 +129,14 @@ class TrainConfig:
         if resolution is None:
             raise ConfigError("resolution is not known yet (it is taken from the data set)")
         extra = {f: getattr(self, f) for f in MODEL_FIELDS if getattr(self, f) is not None}
+        if self.arch == "stylegan2":  # NVlabs' names for the same schedule: channel_base / r = fmap_base / (r / 2)
+            if resolution < 8:
+                raise ConfigError(f"stylegan2 trains at 8x8 or more (its discriminator halves down to 4x4), "
+                                  f"got {resolution}x{resolution}")
+            if "fmap_base" in extra:
+                extra["channel_base"] = 2 * extra.pop("fmap_base")
+            if "fmap_max" in extra:
+                extra["channel_max"] = extra.pop("fmap_max")
         return ModelConfig(arch=self.arch, resolution=resolution, **extra)
 
     def batch_size(self, resolution: int) -> int:
@@ -179,15 +189,20 @@ class Phase(NamedTuple):
 
 class Schedule:
     """Progressive growing as a function of images shown: stage 0 (4x4) stabilises, each later stage fades in
-    over fade_kimg then stabilises over stab_kimg (final_kimg at the last stage)."""
+    over fade_kimg then stabilises over stab_kimg (final_kimg at the last stage). An architecture that does not
+    grow (StyleGAN2) spends the whole run, final_kimg, at the last stage: the earlier stages take no images."""
 
     def __init__(self, cfg: TrainConfig, num_stages: int):
         self.num_stages = num_stages
         scale = 1000 * cfg.kimg_scale
         fade, stab = round(cfg.fade_kimg * scale), round(cfg.stab_kimg * scale)
         final = round((cfg.final_kimg if cfg.final_kimg is not None else cfg.stab_kimg) * scale)
-        self.fade = [0] + [max(fade, 1)] * (num_stages - 1)
-        self.stab = [max(stab, 1)] * (num_stages - 1) + [max(final, 1)]
+        if cfg.arch in PROGRESSIVE_ARCHS:
+            self.fade = [0] + [max(fade, 1)] * (num_stages - 1)
+            self.stab = [max(stab, 1)] * (num_stages - 1) + [max(final, 1)]
+        else:
+            self.fade = [0] * num_stages
+            self.stab = [0] * (num_stages - 1) + [max(final, 1)]
         self.start = []
         t = 0
         for s in range(num_stages):

@@ -1,0 +1,141 @@
+"""Training StyleGAN2 (`ganserve train --arch stylegan2`): the residual discriminator, the one-stage schedule, a tiny
+run through the CLI to a model that generates and exports, and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_data import write_disc_images
+
+from ganserve.cli import main
+from ganserve.errors import ConfigError
+from ganserve.models import ModelConfig, build_discriminator, build_generator
+from ganserve.models.stylegan2_discriminator import Conv2dLayer
+from ganserve.models.weights import load_model, weights_sha256
+from ganserve.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from ganserve.train.config import Schedule, TrainConfig
+from ganserve.train.trainer import train
+
+TINY = dict(arch="stylegan2", resolution=16, z_dim=32, w_dim=32, fmap_base=128, fmap_max=32, mapping_layers=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_disc_images(tmp_path_factory.mktemp("discs"), n=48)
+
+
+def test_the_discriminator_has_nvlabs_layer_names_and_halves_like_its_skip_path():
+    D = build_discriminator(ModelConfig(arch="stylegan2", resolution=16, channel_base=256, channel_max=32))
+    names = set(D.state_dict())
+    expected = {"b16.resample_filter", "b16.fromrgb.weight", "b16.fromrgb.bias", "b16.fromrgb.resample_filter"}
+    for res in (16, 8):
+        expected |= {f"b{res}.resample_filter", f"b{res}.skip.weight", f"b{res}.skip.resample_filter"}
+        expected |= {f"b{res}.conv{i}.{p}" for i in (0, 1) for p in ("weight", "bias", "resample_filter")}
+    expected |= {f"b4.{layer}.{p}" for layer in ("conv", "fc", "out") for p in ("weight", "bias")}
+    expected |= {"b4.conv.resample_filter"}
+    assert names == expected  # stylegan2-ada-pytorch's names: its discriminator weights load as they are
+    assert D.b16.fromrgb.weight.shape == (16, 3, 1, 1) and D.b8.conv1.weight.shape == (32, 32, 3, 3)
+    assert D.b4.fc.weight.shape == (32, 32 * 16) and D.b4.out.weight.shape == (1, 32)
+    scores = D(torch.randn(6, 3, 16, 16))
+    assert scores.shape == (6,) and torch.isfinite(scores).all()
+
+    # The 3x3 halving convolution (filter, then stride 2) and the 1x1 one (filter and subsample, then the product)
+    # sample the filtered image at the same places: a 3x3 kernel that is zero but for its centre gives the 1x1 result.
+    torch.manual_seed(0)
+    conv3 = Conv2dLayer(4, 5, 3, lrelu=False, bias=False, down=True)
+    conv1 = Conv2dLayer(4, 5, 1, lrelu=False, bias=False, down=True)
+    with torch.no_grad():
+        conv3.weight.zero_()
+        conv3.weight[:, :, 1, 1] = conv1.weight[:, :, 0, 0] * 3  # its weight gain is 1/3 of the 1x1's
+    x = torch.randn(2, 4, 8, 8)
+    assert conv3(x).shape == conv1(x).shape == (2, 5, 4, 4)
+    torch.testing.assert_close(conv3(x), conv1(x), rtol=1e-5, atol=1e-5)
+    # A constant image stays constant where the filter sees no padding: the filter keeps the mean.
+    const = conv1(torch.ones(1, 4, 8, 8))
+    torch.testing.assert_close(const[..., 1:-1, 1:-1], conv1.weight.sum(1)[None, :, :1, :1].expand(1, 5, 2, 2) / 2)
+
+
+def test_stylegan2_trains_at_its_full_resolution_only():
+    cfg = TrainConfig(**TINY, final_kimg=1.0, batch_sizes={16: 16})
+    s = Schedule(cfg, num_stages=3)
+    assert s.total_nimg == 1000 and s.start == [0, 0, 0]
+    steps = list(s.steps())
+    assert {(p.stage, p.alpha, p.batch) for p in steps} == {(2, 1.0, 16)} and len(steps) == math.ceil(1000 / 16)
+    assert Schedule(TrainConfig(arch="stylegan2"), 5).batches[-1] == 32  # StyleGAN2-ADA's one-GPU batch at 64x64
+    model = cfg.model_config()
+    assert (model.channel_base, model.channel_max) == (256, 32)  # --fmap-base / --fmap-max in NVlabs' terms
+    assert model.channel_schedule() == ModelConfig(arch="stylegan", resolution=16, fmap_base=128,
+                                                   fmap_max=32).channel_schedule()
+    assert cfg.loss == "logistic"
+    with pytest.raises(ConfigError, match="8x8 or more"):
+        TrainConfig(**{**TINY, "resolution": 4}).model_config()
+    G = build_generator(model)
+    with pytest.raises(ValueError, match="not progressive"):
+        G.synthesis(G.mapping(torch.randn(1, 32)), stage=1)
+
+
+def test_a_tiny_stylegan2_run_through_the_cli_makes_a_model_that_generates_and_exports(data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data_dir), "--out", str(out), "--arch", "stylegan2", "--resolution", "16",
+            "--z-dim", "32", "--w-dim", "32", "--fmap-base", "128", "--fmap-max", "32", "--mapping-layers", "2",
+            "--final-kimg", "0.48", "--batch-size", "16", "--reg-interval", "4", "--r1-gamma", "1", "--workers", "0",
+            "--no-progress", "--metric-num", "16", "--checkpoint-kimg", "0.16", "--mirror", "--license", "CC0 discs"]
+    assert main(args) == 0
+    G = load_model(out / "model")
+    assert G.config.arch == "stylegan2" and G.config.resolution == 16 and G.config.channel_base == 256
+    summary = G.config.training
+    assert summary["kimg"] == 0.48 and summary["steps"] == 30 and summary["loss"] == "logistic"
+    assert summary["swd_x1e3"] > 0 and summary["swd_num"] == 16
+    assert G.w_avg.abs().sum() > 0
+    assert [p.name for p in list_checkpoints(out)] == [f"ckpt-{n:010d}.pt" for n in (160, 320, 480)]
+    ckpt = load_checkpoint(latest_checkpoint(out))
+    assert (ckpt["stage"], ckpt["alpha"]) == (2, 1.0)
+    # G moved away from its initialisation, and D's residual blocks trained too
+    fresh = build_generator(G.config)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), G.state_dict().values()))
+    assert "b16.skip.weight" in ckpt["D"]
+    grid = Image.open(out / "samples" / "fakes-0000000480.png")
+    assert grid.size == (64, 64)
+
+    assert main(["generate", "--model", str(out / "model"), "--seeds", "0-3", "--outdir", str(tmp_path / "png"),
+                 "--backend", "torch", "--workers", "1", "--quiet"]) == 0
+    torch_pngs = [np.asarray(Image.open(tmp_path / "png" / f"seed{s:04d}.png")) for s in range(4)]
+    assert all(p.shape == (16, 16, 3) for p in torch_pngs) and np.std(torch_pngs) > 0
+    assert main(["generate", "--model", str(out / "model"), "--seeds", "0-3", "--outdir", str(tmp_path / "ort"),
+                 "--backend", "onnxruntime", "--workers", "1", "--quiet"]) == 0
+    ort_pngs = [np.asarray(Image.open(tmp_path / "ort" / f"seed{s:04d}.png")) for s in range(4)]
+    diff = np.abs(np.stack(torch_pngs).astype(int) - np.stack(ort_pngs))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+
+    assert main(["eval", "--model", str(out), "--data", str(data_dir), "--num", "16", "--json"]) == 0
+
+
+def test_stylegan2_resume_equals_uninterrupted_bit_for_bit(data_dir, tmp_path):
+    common = dict(**TINY, final_kimg=0.32, batch_sizes={16: 16}, progress=False, workers=0, metric_num=0,
+                  tensorboard=False, reg_interval=2, r1_gamma=1.0, mirror=True)
+    train(TrainConfig(data=str(data_dir), out=str(tmp_path / "full"), **common))
+    part = TrainConfig(data=str(data_dir), out=str(tmp_path / "part"), **common)
+    assert train(part, stop_after_steps=7) is None
+    assert load_checkpoint(latest_checkpoint(tmp_path / "part"))["step"] == 7
+    assert train(TrainConfig(), resume=tmp_path / "part") is not None
+    a = load_checkpoint(latest_checkpoint(tmp_path / "full"))
+    b = load_checkpoint(latest_checkpoint(tmp_path / "part"))
+    assert a["step"] == b["step"] == 20
+    for net in ("G", "D", "G_ema"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
+    assert weights_sha256(tmp_path / "full" / "model") == weights_sha256(tmp_path / "part" / "model")
+    assert json.loads(a["train_config"])["arch"] == "stylegan2"
