@@ -18,8 +18,9 @@ from ganserve.models import ModelConfig, build_discriminator, build_generator
 from ganserve.models.stylegan2_discriminator import Conv2dLayer
 from ganserve.models.weights import load_model, weights_sha256
 from ganserve.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from ganserve.train.config import Schedule, TrainConfig
-from ganserve.train.trainer import train
+from ganserve.train.config import CONFIG_NAME, Schedule, TrainConfig
+from ganserve.train.losses import path_lengths
+from ganserve.train.trainer import Trainer, train
 
 TINY = dict(arch="stylegan2", resolution=16, z_dim=32, w_dim=32, fmap_base=128, fmap_max=32, mapping_layers=2)
 
@@ -139,3 +140,43 @@ def test_stylegan2_resume_equals_uninterrupted_bit_for_bit(data_dir, tmp_path):
             assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
     assert weights_sha256(tmp_path / "full" / "model") == weights_sha256(tmp_path / "part" / "model")
     assert json.loads(a["train_config"])["arch"] == "stylegan2"
+
+
+def test_path_lengths_match_their_closed_form_for_a_linear_synthesis():
+    """For images that are a linear map M of the styles, J_w^T y = y M^T, so the path length of a sample is the norm
+    of (y M^T) reshaped to its styles, squared entries summed over w and averaged over the style inputs."""
+    torch.manual_seed(0)
+    n, num_ws, w_dim, c, r = 3, 4, 5, 3, 8
+    M = torch.randn(num_ws * w_dim, c * r * r, dtype=torch.float64)
+    ws = torch.randn(n, num_ws, w_dim, dtype=torch.float64, requires_grad=True)
+    img = (ws.flatten(1) @ M).view(n, c, r, r)
+    lengths = path_lengths(img, ws, torch.Generator().manual_seed(5))
+    y = torch.randn(img.shape, generator=torch.Generator().manual_seed(5)) / r
+    grad = (y.flatten(1).double() @ M.T).view(n, num_ws, w_dim)
+    torch.testing.assert_close(lengths.double(), grad.square().sum(2).mean(1).sqrt(), rtol=1e-5, atol=0)
+    # Differentiable where the Jacobian depends on the styles (a quadratic map): the penalty trains the generator.
+    path_lengths((ws.flatten(1).square() @ M).view(n, c, r, r), ws).sum().backward()
+    assert ws.grad is not None and ws.grad.abs().sum() > 0
+
+
+def test_path_length_regularisation_runs_every_nth_g_step_and_is_for_stylegan2_only(data_dir, tmp_path):
+    assert TrainConfig(arch="stylegan2").pl_weight == 2.0 and TrainConfig(arch="stylegan").pl_weight == 0.0
+    with pytest.raises(ConfigError, match="for stylegan2"):
+        TrainConfig(arch="stylegan", pl_weight=1.0)
+    with pytest.raises(ConfigError, match="pl_interval"):
+        TrainConfig(arch="stylegan2", pl_interval=0)
+    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path / "pl"), **TINY, final_kimg=0.32, batch_sizes={16: 16},
+                      progress=False, workers=0, metric_num=0, tensorboard=False, pl_interval=3)
+    t = Trainer(cfg)
+    step, logged = t.train_step, []
+    t.train_step = lambda phase, batch: logged.append((phase.step, step(phase, batch))) or logged[-1][1]
+    assert t.train(stop_after_steps=7) is None
+    assert [k for k, stats in logged if "pl" in stats] == [0, 3, 6] and len(logged) == 7
+    assert all(stats["pl"] > 0 for _, stats in logged if "pl" in stats)
+    # The running mean moved from 0 towards the lengths (by 1% a time) and is carried by the checkpoint.
+    pl_mean = load_checkpoint(latest_checkpoint(tmp_path / "pl"))["pl_mean"]
+    assert 0 < pl_mean.item() < max(stats["pl"] for _, stats in logged if "pl" in stats)
+    saved = json.loads((tmp_path / "pl" / CONFIG_NAME).read_text())
+    assert (saved["pl_weight"], saved["pl_interval"]) == (2.0, 3)
+    without = {k: v for k, v in saved.items() if k not in ("pl_weight", "pl_interval")}
+    assert TrainConfig.from_dict({**without, "arch": "stylegan"}).pl_weight == 0.0  # a config from before the option

@@ -32,6 +32,8 @@ _HELP = {
     "loss": "wgan_gp (ProGAN default) or logistic with r1 (StyleGAN default)",
     "reg_interval": "apply the gradient penalty (gp or r1) on every Nth discriminator step only, weighted N times "
                     "(lazy regularisation, as StyleGAN2: 16 there); the penalty is about 45%% of a step's time",
+    "pl_weight": "path length regularisation of G (stylegan2 only; default 2 there, as StyleGAN2; 0 turns it off)",
+    "pl_interval": "apply path length regularisation on every Nth generator step, weighted N times",
     "ema_kimg": "half-life of the generator EMA in kimg (scaled by kimg-scale)",
     "style_mixing_prob": "style_mixing regularisation probability (StyleGAN)",
     "mirror": "random x-flip augmentation",

@@ -17,6 +17,7 @@ from ganserve.models.config import PROGRESSIVE_ARCHS, TRAINABLE_ARCHS, ModelConf
 
 LOSSES = ("wgan_gp", "logistic")
 DEFAULT_LOSS = {"progan": "wgan_gp", "stylegan": "logistic", "stylegan2": "logistic"}
+DEFAULT_PL_WEIGHT = {"stylegan2": 2.0}  # StyleGAN2 (and StyleGAN2-ADA but for CIFAR); 0 elsewhere
 # Minibatch size per resolution. ProGAN paper: 16 up to 128^2, then 14, 6, 3. StyleGAN (FFHQ config): 256 at
 # 4-16^2 over 8 GPUs, halving from there; ours is its per-8-GPU dict halved to fit one GPU. StyleGAN2 (one
 # resolution, the last): StyleGAN2-ADA's automatic configuration on one GPU, min(4096 / resolution, 32).
@@ -68,6 +69,8 @@ class TrainConfig:
     drift: float = 0.001  # wgan_gp epsilon_drift
     r1_gamma: float = 10.0  # logistic + r1
     reg_interval: int = 1  # the penalty (gp or r1) on every reg_interval-th D step, weighted reg_interval times
+    pl_weight: float | None = None  # StyleGAN2's path length regularisation of G; None: 2 for stylegan2, else 0
+    pl_interval: int = 4  # ... on every pl_interval-th G step, weighted pl_interval times
     lr: float = 0.001
     betas: tuple[float, float] = (0.0, 0.99)
     adam_eps: float = 1e-8
@@ -96,6 +99,8 @@ class TrainConfig:
         object.__setattr__(self, "batch_sizes", {int(k): int(v) for k, v in self.batch_sizes.items()})
         if not self.loss:
             object.__setattr__(self, "loss", DEFAULT_LOSS.get(self.arch, ""))
+        if self.pl_weight is None:
+            object.__setattr__(self, "pl_weight", DEFAULT_PL_WEIGHT.get(self.arch, 0.0))
         self.validate()
 
     def validate(self) -> None:
@@ -115,8 +120,14 @@ class TrainConfig:
             raise ConfigError(f"style_mixing_prob must be in [0, 1], got {self.style_mixing_prob!r}")
         if not 0.0 <= self.w_avg_beta < 1.0:
             raise ConfigError(f"w_avg_beta must be in [0, 1), got {self.w_avg_beta!r}")
-        if isinstance(self.reg_interval, bool) or not isinstance(self.reg_interval, int) or self.reg_interval < 1:
-            raise ConfigError(f"reg_interval must be a whole number >= 1, got {self.reg_interval!r}")
+        for name in ("reg_interval", "pl_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not self.pl_weight >= 0:
+            raise ConfigError(f"pl_weight must not be negative, got {self.pl_weight!r}")
+        if self.pl_weight > 0 and self.arch in PROGRESSIVE_ARCHS:
+            raise ConfigError(f"path length regularisation (pl_weight) is for stylegan2, not {self.arch}")
         if self.workers < 0 or self.keep_checkpoints < 1 or self.metric_num < 0:
             raise ConfigError("workers and metric_num must be >= 0, keep_checkpoints >= 1")
         bad = {r: b for r, b in self.batch_sizes.items() if b < 1 or r < 4 or r & (r - 1)}

@@ -1,12 +1,14 @@
 """The two GAN objectives: wgan_gp with drift (ProGAN) and the non-saturating logistic loss with r1 (StyleGAN).
 
-Owns the discriminator and generator losses and their gradient penalties; each returns scalars to log. The Loss
+Owns the discriminator and generator losses and their gradient penalties (and StyleGAN2's path lengths, which the
+step penalises); each returns scalars to log. The Loss
 classes bind a loss to its config values, including lazy regularisation (the penalty on every `interval`-th step
 only, weighted `interval` times, as StyleGAN2 does); make_loss picks one from a TrainConfig.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -73,6 +75,15 @@ def logistic_r1_d_loss(
 def logistic_g_loss(D: Critic, fakes: torch.Tensor) -> torch.Tensor:
     """Non-saturating: softplus(-D(G(z)))."""
     return F.softplus(-D(fakes).float()).mean()
+
+
+def path_lengths(img: torch.Tensor, ws: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """StyleGAN2's path lengths, per sample, differentiable: ||J_w^T y|| for the Jacobian J_w of the images with
+    respect to the styles and y a random image of N(0, 1) pixels scaled by 1/sqrt(H W); the squared norm is summed
+    over w's entries and averaged over the style inputs. `ws` must be what `img` was computed from."""
+    y = torch.randn(img.shape, device=img.device, generator=generator) / math.sqrt(img.shape[2] * img.shape[3])
+    (grad,) = torch.autograd.grad((img.float() * y).sum(), ws, create_graph=True)
+    return grad.float().square().sum(2).mean(1).sqrt()
 
 
 def lazy_weight(weight: float, interval: int, step: int) -> float:

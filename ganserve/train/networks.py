@@ -46,15 +46,23 @@ class Networks:
         opt = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
         self.opt_G = torch.optim.Adam(self.G.parameters(), **opt)
         self.opt_D = torch.optim.Adam(self.D.parameters(), **opt)
+        # The running mean of the path lengths (StyleGAN2's path length regularisation; only kept when it is on).
+        self.pl_mean: torch.Tensor | None = torch.zeros([], device=device) if cfg.pl_weight > 0 else None
 
     def state_dict(self) -> dict[str, Any]:
-        """{"G", "D", "G_ema", "opt_G", "opt_D"}: each one's state dict, in the checkpoint's order."""
-        return {name: getattr(self, name).state_dict() for name in NETWORKS + OPTIMIZERS}
+        """{"G", "D", "G_ema", "opt_G", "opt_D"}: each one's state dict, in the checkpoint's order; and "pl_mean"
+        with path length regularisation."""
+        state = {name: getattr(self, name).state_dict() for name in NETWORKS + OPTIMIZERS}
+        if self.pl_mean is not None:
+            state["pl_mean"] = self.pl_mean.detach().cpu().clone()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load the five state dicts of `state` (a checkpoint holds them among its other entries)."""
+        """Load the state dicts of `state` (a checkpoint holds them among its other entries)."""
         for name in NETWORKS + OPTIMIZERS:
             getattr(self, name).load_state_dict(state[name])
+        if self.pl_mean is not None:
+            self.pl_mean.copy_(state["pl_mean"])
 
     def broadcast(self, dist: DistInfo) -> None:
         """Every rank takes rank 0's weights and buffers."""

@@ -1,7 +1,8 @@
 """One training step: a discriminator step, a generator step and the EMA update, on one minibatch of reals.
 
 Owns the step's randomness (a generator keyed by seed, step and rank), the fakes (mapping, w_avg tracking,
-style_mixing regularisation, per-layer noise) and the reals faded between resolutions as ProGAN does.
+style_mixing regularisation, per-layer noise), the reals faded between resolutions as ProGAN does, and StyleGAN2's
+path length regularisation of G.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from ganserve.models.layers import downsample, fade_in, upsample
 from ganserve.train import distributed as ddp
 from ganserve.train.config import Phase
 from ganserve.train.distributed import DistInfo
-from ganserve.train.losses import Loss
+from ganserve.train.losses import Loss, lazy_weight, path_lengths
 from ganserve.train.networks import Networks
 from ganserve.train.run import ResolvedRun
+
+PL_BATCH_SHRINK = 2  # path length regularisation runs on half the batch (StyleGAN2's pl_batch_shrink)
+PL_DECAY = 0.01  # of the path lengths' running mean (StyleGAN2's pl_decay)
 
 
 def amp_enabled(cfg, device: torch.device) -> bool:
@@ -45,6 +49,7 @@ class TrainStep:
         self.ema_nimg = cfg.ema_kimg * 1000 * cfg.kimg_scale  # the EMA's half-life, scaled with the schedule
         self.channels_last = cfg.channels_last
         self.amp = amp_enabled(cfg, device)
+        self.pl_weight, self.pl_interval = cfg.pl_weight, cfg.pl_interval
 
     def __call__(self, phase: Phase, batch: torch.Tensor) -> dict[str, float]:
         nets = self.nets
@@ -68,10 +73,28 @@ class TrainStep:
         nets.D.requires_grad_(False)
         with autocast:
             loss_G = self.loss.g_loss(D, self.fakes(n, phase, gen, track_w_avg=True))
+            pl_weight = lazy_weight(self.pl_weight, self.pl_interval, phase.step)
+            if pl_weight > 0:
+                penalty, stats["pl"] = self.path_length_penalty(max(n // PL_BATCH_SHRINK, 1), phase, gen)
+                loss_G = loss_G + pl_weight * penalty
         self._descend(loss_G, nets.G, nets.opt_G)
 
         nets.update_ema(0.5 ** (phase.batch / max(self.ema_nimg, 1e-8)))
         return {"loss_D": loss_D.item(), "loss_G": loss_G.item(), **stats}
+
+    def path_length_penalty(self, n: int, phase: Phase, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+        """StyleGAN2's path length regularisation on `n` new fakes: the squared distance of each path length from
+        their running mean (updated here by PL_DECAY, with the mean over all ranks, not differentiated), and the
+        batch's mean length to log. The step folds it into G's loss, weighted pl_interval times on every
+        pl_interval-th step, as the discriminator's penalty is."""
+        G, pl_mean = self.nets.G, self.nets.pl_mean
+        z = torch.randn(n, self.z_dim, device=self.device, generator=gen)
+        ws = self.ws(z, phase.stage, gen, track_w_avg=False)
+        img = G.synthesis(ws, self.noise(n, phase.stage, gen), stage=phase.stage, alpha=phase.alpha)
+        lengths = path_lengths(img, ws, gen)
+        batch_mean = ddp.all_mean(lengths.detach().mean(), self.dist)
+        pl_mean.copy_(pl_mean.lerp(batch_mean, PL_DECAY))
+        return (lengths - pl_mean).square().mean(), batch_mean.item()
 
     def _descend(self, loss: torch.Tensor, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         """One optimiser step on `loss`, with the gradients averaged across ranks."""
