@@ -46,6 +46,9 @@ VARIANTS = {  # TrainConfig fields (the defaults: amp and channels_last on)
     # lazy regularisation: the gradient penalty on every 4th step (time a multiple of 4 steps)
     "reg_interval=4": {"reg_interval": 4},
     "fmap_base=1536+reg_interval=4": {"fmap_base": 1536, "reg_interval": 4},
+    # StyleGAN2 with the same channels and batch: R1 every 16th step, path length regularisation every 4th (time a
+    # multiple of 16 steps)
+    "stylegan2": {"arch": "stylegan2", "loss": "logistic", "reg_interval": 16},
 }
 
 
@@ -77,7 +80,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--profile", help="profile this variant's steps instead (torch.profiler, top operators)")
-    p.add_argument("--arch", default="stylegan", choices=("stylegan", "progan"))
+    p.add_argument("--arch", default="stylegan", choices=("stylegan", "progan"), help="of every variant but stylegan2")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
