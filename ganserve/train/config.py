@@ -208,7 +208,8 @@ class Schedule:
         scale = 1000 * cfg.kimg_scale
         fade, stab = round(cfg.fade_kimg * scale), round(cfg.stab_kimg * scale)
         final = round((cfg.final_kimg if cfg.final_kimg is not None else cfg.stab_kimg) * scale)
-        if cfg.arch in PROGRESSIVE_ARCHS:
+        self.progressive = cfg.arch in PROGRESSIVE_ARCHS
+        if self.progressive:
             self.fade = [0] + [max(fade, 1)] * (num_stages - 1)
             self.stab = [max(stab, 1)] * (num_stages - 1) + [max(final, 1)]
         else:

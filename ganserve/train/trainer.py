@@ -150,9 +150,9 @@ class Trainer:
         """The progress bar after the step `phase`, and every tenth step's scalars in TensorBoard."""
         nimg, res = self.progress.nimg, stage_resolution(phase.stage)
         bar.update(phase.batch)
-        bar.set_postfix_str(f"{res}x{res} stage {phase.stage} alpha {phase.alpha:.2f} "
-                            f"kimg {nimg / 1000:.1f} D {stats['loss_D']:.3f} G {stats['loss_G']:.3f} "
-                            f"{rate:.0f} img/s", refresh=False)
+        where = f"stage {phase.stage} alpha {phase.alpha:.2f} " if self.schedule.progressive else ""
+        bar.set_postfix_str(f"{res}x{res} {where}kimg {nimg / 1000:.1f} D {stats['loss_D']:.3f} "
+                            f"G {stats['loss_G']:.3f} {rate:.0f} img/s", refresh=False)
         if phase.step % 10 == 0:
             self.outputs.log("train", {**stats, "alpha": phase.alpha, "stage": phase.stage, "img_per_s": rate}, nimg)
 
