@@ -126,7 +126,7 @@ def test_a_tiny_stylegan2_run_through_the_cli_makes_a_model_that_generates_and_e
 
 def test_stylegan2_resume_equals_uninterrupted_bit_for_bit(data_dir, tmp_path):
     common = dict(**TINY, final_kimg=0.32, batch_sizes={16: 16}, progress=False, workers=0, metric_num=0,
-                  tensorboard=False, reg_interval=2, r1_gamma=1.0, mirror=True)
+                  tensorboard=False, reg_interval=2, r1_gamma=1.0, mirror=True, augment="color,translation,cutout")
     train(TrainConfig(data=str(data_dir), out=str(tmp_path / "full"), **common))
     part = TrainConfig(data=str(data_dir), out=str(tmp_path / "part"), **common)
     assert train(part, stop_after_steps=7) is None

@@ -37,6 +37,9 @@ _HELP = {
     "ema_kimg": "half-life of the generator EMA in kimg (scaled by kimg-scale)",
     "style_mixing_prob": "style_mixing regularisation probability (StyleGAN)",
     "mirror": "random x-flip augmentation",
+    "augment": "differentiable augmentation of everything D sees, reals and fakes alike (DiffAugment): a comma "
+               "list of translation, cutout, color, e.g. translation,cutout; against a discriminator that "
+               "memorises a small data set (default none)",
     "background": "colour that transparent images are composited over",
     "workers": "DataLoader worker processes (0: load in the training process)",
     "device": "auto, cpu or cuda",

@@ -31,10 +31,15 @@ CONFIG_NAME = "train_config.json"
 MODEL_FIELDS = ("z_dim", "w_dim", "img_channels", "fmap_base", "fmap_max", "mapping_layers", "mbstd_group_size")
 
 
+# Differentiable augmentations of the discriminator's inputs (ganserve.train.augment), in the order applied.
+AUGMENTS = ("color", "translation", "cutout")
+
 # Fields of TrainConfig that `--resume` may change: the length of the final stage, the half-life of the served
 # EMA generator (it never feeds back into training), and how the run reports.
-RESUME_OVERRIDABLE = ("data", "final_kimg", "ema_kimg", "checkpoint_kimg", "keep_checkpoints", "metric_num",
-                      "workers", "tensorboard", "progress")
+# Also the discriminator's augmentation: switching it on when the discriminator starts to win is a deliberate
+# change of course, recorded in the run's train_config.json like the others.
+RESUME_OVERRIDABLE = ("data", "final_kimg", "ema_kimg", "augment", "checkpoint_kimg", "keep_checkpoints",
+                      "metric_num", "workers", "tensorboard", "progress")
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class TrainConfig:
     style_mixing_prob: float = 0.9  # StyleGAN only
     # data
     mirror: bool = False  # x-flip augmentation
+    augment: str = ""  # differentiable augmentation of D's inputs: a comma list of translation, cutout, color
     background: str = "white"  # RGBA images are composited over this colour
     workers: int = 2  # DataLoader worker processes (0: load in the training process)
     # run
@@ -128,6 +134,10 @@ class TrainConfig:
             raise ConfigError(f"pl_weight must not be negative, got {self.pl_weight!r}")
         if self.pl_weight > 0 and self.arch in PROGRESSIVE_ARCHS:
             raise ConfigError(f"path length regularisation (pl_weight) is for stylegan2, not {self.arch}")
+        try:
+            parse_augment(self.augment)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.workers < 0 or self.keep_checkpoints < 1 or self.metric_num < 0:
             raise ConfigError("workers and metric_num must be >= 0, keep_checkpoints >= 1")
         bad = {r: b for r, b in self.batch_sizes.items() if b < 1 or r < 4 or r & (r - 1)}
@@ -186,6 +196,16 @@ def parse_batch_sizes(spec: str) -> dict[int, int]:
         return {int(r): int(b) for r, b in pairs}
     except ValueError:
         raise ConfigError(f"bad batch sizes {spec!r}: use one number or 'res:batch' pairs like 4:64,8:32") from None
+
+
+def parse_augment(spec: str) -> tuple[str, ...]:
+    """'translation,cutout' -> ('translation', 'cutout'); '' or 'none' -> (). Unknown names raise ValueError."""
+    names = tuple(part.strip() for part in spec.split(",") if part.strip() not in ("", "none"))
+    bad = [name for name in names if name not in AUGMENTS]
+    if bad:
+        raise ValueError(f"unknown augmentation {', '.join(map(repr, bad))}: use a comma list of "
+                         f"{', '.join(AUGMENTS)}, or none")
+    return names
 
 
 class Phase(NamedTuple):

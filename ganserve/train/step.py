@@ -1,8 +1,8 @@
 """One training step: a discriminator step, a generator step and the EMA update, on one minibatch of reals.
 
-Owns the step's randomness (a generator keyed by seed, step and rank), the fakes (mapping, w_avg tracking,
-style_mixing regularisation, per-layer noise), the reals faded between resolutions as ProGAN does, and StyleGAN2's
-path length regularisation of G.
+Owns the step's randomness (a generator keyed by seed, step and rank), the augmentation of D's inputs, the fakes
+(mapping, w_avg tracking, style_mixing regularisation, per-layer noise), the reals faded between resolutions as
+ProGAN does, and StyleGAN2's path length regularisation of G.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from ganserve.devices import cpu_has_bf16
 from ganserve.models.latents import style_mixing
 from ganserve.models.layers import downsample, fade_in, upsample
 from ganserve.train import distributed as ddp
-from ganserve.train.config import Phase
+from ganserve.train.augment import augment
+from ganserve.train.config import Phase, parse_augment
 from ganserve.train.distributed import DistInfo
 from ganserve.train.losses import Loss, lazy_weight, path_lengths
 from ganserve.train.networks import Networks
@@ -50,6 +51,7 @@ class TrainStep:
         self.channels_last = cfg.channels_last
         self.amp = amp_enabled(cfg, device)
         self.pl_weight, self.pl_interval = cfg.pl_weight, cfg.pl_interval
+        self.augment = parse_augment(cfg.augment)
 
     def __call__(self, phase: Phase, batch: torch.Tensor) -> dict[str, float]:
         nets = self.nets
@@ -57,8 +59,8 @@ class TrainStep:
         reals = self.reals(batch, phase)
         n = reals.shape[0]
 
-        def D(x: torch.Tensor) -> torch.Tensor:
-            return nets.D(x, stage=phase.stage, alpha=phase.alpha)
+        def D(x: torch.Tensor) -> torch.Tensor:  # every input of D, in both steps, augmented alike
+            return nets.D(augment(x, self.augment, gen), stage=phase.stage, alpha=phase.alpha)
 
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
         nets.G.requires_grad_(False)
