@@ -134,10 +134,7 @@ class TrainConfig:
             raise ConfigError(f"pl_weight must not be negative, got {self.pl_weight!r}")
         if self.pl_weight > 0 and self.arch in PROGRESSIVE_ARCHS:
             raise ConfigError(f"path length regularisation (pl_weight) is for stylegan2, not {self.arch}")
-        try:
-            parse_augment(self.augment)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        parse_augment(self.augment)
         if self.workers < 0 or self.keep_checkpoints < 1 or self.metric_num < 0:
             raise ConfigError("workers and metric_num must be >= 0, keep_checkpoints >= 1")
         bad = {r: b for r, b in self.batch_sizes.items() if b < 1 or r < 4 or r & (r - 1)}
@@ -199,11 +196,11 @@ def parse_batch_sizes(spec: str) -> dict[int, int]:
 
 
 def parse_augment(spec: str) -> tuple[str, ...]:
-    """'translation,cutout' -> ('translation', 'cutout'); '' or 'none' -> (). Unknown names raise ValueError."""
+    """'translation,cutout' -> ('translation', 'cutout'); '' or 'none' -> (). Unknown names raise ConfigError."""
     names = tuple(part.strip() for part in spec.split(",") if part.strip() not in ("", "none"))
     bad = [name for name in names if name not in AUGMENTS]
     if bad:
-        raise ValueError(f"unknown augmentation {', '.join(map(repr, bad))}: use a comma list of "
+        raise ConfigError(f"unknown augmentation {', '.join(map(repr, bad))}: use a comma list of "
                          f"{', '.join(AUGMENTS)}, or none")
     return names
 
