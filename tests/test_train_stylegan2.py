@@ -83,9 +83,49 @@ def test_stylegan2_trains_at_its_full_resolution_only():
     assert cfg.loss == "logistic"
     with pytest.raises(ConfigError, match="8x8 or more"):
         TrainConfig(**{**TINY, "resolution": 4}).model_config()
-    G = build_generator(model)
-    with pytest.raises(ValueError, match="not progressive"):
+    G = build_generator(ModelConfig(**{**model.__dict__, "architecture": "resnet"}))
+    with pytest.raises(ValueError, match="not progressive"):  # only 'skip' has an image at every resolution
         G.synthesis(G.mapping(torch.randn(1, 32)), stage=1)
+
+
+def test_stylegan2_grows_against_progans_discriminator_and_resumes_bit_for_bit(data_dir, tmp_path):
+    cfg = TrainConfig(**TINY, grow=True)
+    assert cfg.pl_weight == 0.0 and TrainConfig(**TINY).grow is False
+    with pytest.raises(ConfigError, match="network that grows"):
+        TrainConfig(**TINY, grow=True, pl_weight=2.0)
+    with pytest.raises(ConfigError, match="always grows"):
+        TrainConfig(arch="progan", grow=False)
+    s = Schedule(TrainConfig(**TINY, grow=True, fade_kimg=0.08, stab_kimg=0.08), 3)
+    assert s.progressive and s.start == [0, 80, 240] and s.stage_alpha(120) == (1, 0.5)
+    model = cfg.model_config()
+    assert type(build_discriminator(model, grow=True)).__name__ == "Discriminator"
+    assert type(build_discriminator(model)).__name__ == "StyleGAN2Discriminator"
+
+    # The image at each stage; fading in, it starts from the stage below, upsampled as the trainer fades the reals.
+    torch.manual_seed(0)
+    G = build_generator(model)
+    ws = G.mapping(torch.randn(2, 32))
+    low = G.synthesis(ws, stage=1)
+    assert low.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(G.synthesis(ws, stage=2, alpha=0.0), low.repeat_interleave(2, 2).repeat_interleave(2, 3))
+    assert torch.equal(G.synthesis(ws, stage=2, alpha=1.0), G.synthesis(ws))
+
+    # A run through the trainer: stopped while 8x8 fades in and resumed, it ends with the same weights.
+    common = dict(**TINY, grow=True, fade_kimg=0.08, stab_kimg=0.08, final_kimg=0.08, batch_sizes={4: 16, 8: 16, 16: 16},
+                  ema_kimg=0.004, loss="wgan_gp", progress=False, workers=0, metric_num=0, tensorboard=False, reg_interval=2)
+    train(TrainConfig(data=str(data_dir), out=str(tmp_path / "full"), **common))
+    assert train(TrainConfig(data=str(data_dir), out=str(tmp_path / "part"), **common), stop_after_steps=7) is None
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "part"))
+    assert (ckpt["stage"], ckpt["alpha"]) == (1, 0.4) and "from_rgb.0.weight" in ckpt["D"]
+    assert train(TrainConfig(), resume=tmp_path / "part") is not None
+    a = load_checkpoint(latest_checkpoint(tmp_path / "full"))
+    b = load_checkpoint(latest_checkpoint(tmp_path / "part"))
+    assert a["step"] == b["step"] == 25 and a["stage"] == 2
+    for net in ("G", "D", "G_ema"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
+    G = load_model(tmp_path / "full" / "model")
+    assert G.config.arch == "stylegan2" and G(torch.randn(2, 32)).shape == (2, 3, 16, 16)
 
 
 def test_a_tiny_stylegan2_run_through_the_cli_makes_a_model_that_generates_and_exports(data_dir, tmp_path):
@@ -178,5 +218,5 @@ def test_path_length_regularisation_runs_every_nth_g_step_and_is_for_stylegan2_o
     assert 0 < pl_mean.item() < max(stats["pl"] for _, stats in logged if "pl" in stats)
     saved = json.loads((tmp_path / "pl" / CONFIG_NAME).read_text())
     assert (saved["pl_weight"], saved["pl_interval"]) == (2.0, 3)
-    without = {k: v for k, v in saved.items() if k not in ("pl_weight", "pl_interval")}
+    without = {k: v for k, v in saved.items() if k not in ("pl_weight", "pl_interval", "grow")}
     assert TrainConfig.from_dict({**without, "arch": "stylegan"}).pl_weight == 0.0  # a config from before the option

@@ -42,11 +42,13 @@ def build_generator(config: ModelConfig) -> ProgressiveGenerator | StyleGAN2Gene
     return __getattr__(cls)(config)
 
 
-def build_discriminator(config: ModelConfig) -> Discriminator | StyleGAN2Discriminator:
-    """ProGAN's progressive discriminator for ProGAN and StyleGAN, the residual one for StyleGAN2 (training only)."""
+def build_discriminator(config: ModelConfig, grow: bool | None = None) -> Discriminator | StyleGAN2Discriminator:
+    """ProGAN's progressive discriminator for ProGAN and StyleGAN, and for a StyleGAN2 that grows (`grow`); the
+    residual one for StyleGAN2 at its full resolution (training only)."""
     if config.arch not in ("progan", "stylegan", "stylegan2"):
         raise ValueError(f"no discriminator for arch {config.arch!r}: it is not trained here")
-    return __getattr__("StyleGAN2Discriminator" if config.arch == "stylegan2" else "Discriminator")(config)
+    grow = config.arch != "stylegan2" if grow is None else grow
+    return __getattr__("Discriminator" if grow else "StyleGAN2Discriminator")(config)
 
 
 __all__ = [

@@ -21,19 +21,22 @@ from ganserve.models.layers import (
     EqualizedLinear,
     assert_shape,
     conv2d,
+    fade_in,
     pixel_norm,
     run_in_precision,
+    upsample,
 )
 
 # -- ops ----------------------------------------------------------------------------------------------------------
 
 
 def check_full_resolution(config: ModelConfig, stage: int | None, alpha: float) -> None:
-    """StyleGAN2 does not grow: the trainer's stage and alpha, when given, must be the last stage, fully faded in."""
+    """A network that does not grow: the trainer's stage and alpha, when given, must be the last stage, fully faded
+    in."""
     last = config.num_stages - 1
     if (stage is not None and stage != last) or alpha < 1.0:
-        raise ValueError(f"{config.arch} is not progressive: it runs at its full resolution only (stage {last}, "
-                         f"alpha 1), got stage {stage}, alpha {alpha}")
+        raise ValueError(f"this {config.arch} network is not progressive: it runs at its full resolution only "
+                         f"(stage {last}, alpha 1), got stage {stage}, alpha {alpha}")
 
 
 def setup_filter(taps: list[float] | torch.Tensor) -> torch.Tensor:
@@ -307,17 +310,25 @@ class SynthesisNetwork(nn.Module):
     def blocks(self) -> list[SynthesisBlock]:
         return [getattr(self, f"b{res}") for res in self.block_resolutions]
 
-    def forward(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None, stage: int | None = None,
+                alpha: float = 1.0) -> torch.Tensor:
+        """`stage` (default: the last) runs the blocks up to 4 * 2**stage pixels; with alpha < 1 that image fades in
+        over the previous stage's, upsampled by nearest neighbour as the trainer fades the real images. Only the
+        'skip' architecture, with an image output at every block, can stop early."""
         assert_shape(ws, (None, self.num_ws, self.w_dim), "ws")
         ws = ws.to(torch.float32)
         noise_iter = iter(noise) if noise is not None else None
-        x = img = None
+        blocks = self.blocks()[: None if stage is None else stage + 1]
+        x = img = prev = None
         w_idx = 0
-        for block in self.blocks():
+        for block in blocks:
             block_noise = [next(noise_iter) if (noise_iter is not None and layer.use_noise) else None
                            for layer in block.layers()]
+            prev = img
             x, img = block(x, img, ws.narrow(1, w_idx, block.num_conv + block.num_torgb), block_noise)
             w_idx += block.num_conv
+        if alpha < 1.0 and prev is not None:
+            img = fade_in(upsample(prev), img, alpha)
         return img
 
 
@@ -400,12 +411,15 @@ class StyleGAN2Generator(MappedGenerator):
     def synthesis(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None, stage: int | None = None,
                   alpha: float = 1.0) -> torch.Tensor:
         """ws [N, num_ws, w_dim] -> image [N, C, R, R] in about [-1, 1]. `noise`: one [N, 1, r, r] map per layer
-        with noise (noise_resolutions()), or None for the constant buffers. `stage`/`alpha` (the trainer's
-        position), when given, must be the last stage: the network does not grow."""
-        check_full_resolution(self.config, stage, alpha)
+        with noise (noise_resolutions()), or None for the constant buffers. `stage`/`alpha`: the trainer's position
+        when it grows the network (`ganserve train --arch stylegan2 --grow`, the 'skip' architecture only)."""
+        if self.config.architecture != "skip":
+            check_full_resolution(self.config, stage, alpha)
+        elif stage is not None and not 0 <= stage <= self.last_stage:
+            raise ValueError(f"stage must be in 0..{self.last_stage}, got {stage}")
         if noise is not None and len(noise) != len(self.noise_resolutions()):
             raise ValueError(f"noise has {len(noise)} maps, this model takes {len(self.noise_resolutions())}")
-        return self.synthesis_net(ws, noise)
+        return self.synthesis_net(ws, noise, stage, alpha)
 
     @property
     def last_stage(self) -> int:

@@ -24,6 +24,8 @@ _HELP = {
             "trains at the full resolution for --final-kimg, with a residual discriminator",
     "resolution": "final resolution (default: largest power of two that fits the first image)",
     "img_channels": "1 (greyscale) or 3 (RGB)",
+    "grow": "progressive growing from 4x4 (on for progan and stylegan, always; --grow trains stylegan2 that way "
+            "too, with ProGAN's discriminator and no path length regularisation)",
     "fade_kimg": "kimg of fade_in per new resolution (paper: 600)",
     "stab_kimg": "kimg of stabilising per resolution (paper: 600)",
     "final_kimg": "kimg at the final resolution, for stylegan2 the whole run (default: stab-kimg)",
@@ -65,9 +67,10 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         elif f.name == "betas":
             p.add_argument("--betas", type=lambda s: tuple(float(x) for x in s.split(",")),
                            help="Adam betas (default 0,0.99)")
-        elif f.type in ("bool", bool):
+        elif f.type in ("bool", bool, "bool | None"):
+            show = "" if default is None else f" (default {'on' if default else 'off'})"
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{help_} (default {'on' if default else 'off'})".strip())
+                           help=f"{help_}{show}".strip())
         elif f.name == "arch":
             p.add_argument(flag, dest=f.name, choices=TRAINABLE_ARCHS, help=help_)
         elif f.name == "loss":

@@ -62,6 +62,7 @@ class TrainConfig:
     mapping_layers: int | None = None
     mbstd_group_size: int | None = None
     # progressive schedule (ProGAN paper: 600 kimg fade_in + 600 kimg stabilise per resolution)
+    grow: bool | None = None  # None: progan and stylegan grow, stylegan2 does not (--grow: with ProGAN's D)
     fade_kimg: float = 600.0
     stab_kimg: float = 600.0
     final_kimg: float | None = None  # stabilise length at the final resolution; None: stab_kimg
@@ -105,8 +106,10 @@ class TrainConfig:
         object.__setattr__(self, "batch_sizes", {int(k): int(v) for k, v in self.batch_sizes.items()})
         if not self.loss:
             object.__setattr__(self, "loss", DEFAULT_LOSS.get(self.arch, ""))
+        if self.grow is None:
+            object.__setattr__(self, "grow", self.arch in PROGRESSIVE_ARCHS)
         if self.pl_weight is None:
-            object.__setattr__(self, "pl_weight", DEFAULT_PL_WEIGHT.get(self.arch, 0.0))
+            object.__setattr__(self, "pl_weight", 0.0 if self.grow else DEFAULT_PL_WEIGHT.get(self.arch, 0.0))
         self.validate()
 
     def validate(self) -> None:
@@ -132,8 +135,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
         if not self.pl_weight >= 0:
             raise ConfigError(f"pl_weight must not be negative, got {self.pl_weight!r}")
-        if self.pl_weight > 0 and self.arch in PROGRESSIVE_ARCHS:
-            raise ConfigError(f"path length regularisation (pl_weight) is for stylegan2, not {self.arch}")
+        if self.arch in PROGRESSIVE_ARCHS and not self.grow:
+            raise ConfigError(f"{self.arch} always grows from 4x4 (grow off is for stylegan2)")
+        if self.pl_weight > 0 and self.grow:
+            raise ConfigError(f"path length regularisation (pl_weight) is for stylegan2 at its full resolution, "
+                              f"not for a network that grows ({self.arch})")
         parse_augment(self.augment)
         if self.workers < 0 or self.keep_checkpoints < 1 or self.metric_num < 0:
             raise ConfigError("workers and metric_num must be >= 0, keep_checkpoints >= 1")
@@ -225,7 +231,7 @@ class Schedule:
         scale = 1000 * cfg.kimg_scale
         fade, stab = round(cfg.fade_kimg * scale), round(cfg.stab_kimg * scale)
         final = round((cfg.final_kimg if cfg.final_kimg is not None else cfg.stab_kimg) * scale)
-        self.progressive = cfg.arch in PROGRESSIVE_ARCHS
+        self.progressive = cfg.grow
         if self.progressive:
             self.fade = [0] + [max(fade, 1)] * (num_stages - 1)
             self.stab = [max(stab, 1)] * (num_stages - 1) + [max(final, 1)]

@@ -38,7 +38,7 @@ class Networks:
         cfg = run.cfg
         torch.manual_seed(cfg.seed)
         self.G = build_generator(run.model_config).to(device)
-        self.D = build_discriminator(run.model_config).to(device)
+        self.D = build_discriminator(run.model_config, grow=cfg.grow).to(device)
         if cfg.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ganserve.errors import RunError
-from ganserve.models.config import PROGRESSIVE_ARCHS, ModelConfig, stage_resolution
+from ganserve.models.config import ModelConfig, stage_resolution
 from ganserve.train.checkpoint import CHECKPOINT_FORMAT, latest_checkpoint, load_checkpoint
 from ganserve.train.config import RESUME_OVERRIDABLE, Schedule, TrainConfig
 from ganserve.train.data import natural_resolution
@@ -97,7 +97,7 @@ def _check_batches(schedule: Schedule, world_size: int) -> None:
 
 
 def _warn_of_a_long_ema(cfg: TrainConfig) -> None:
-    if cfg.arch not in PROGRESSIVE_ARCHS:
+    if not cfg.grow:
         return  # no stages for the EMA to lag behind
     shortest = min(cfg.fade_kimg, cfg.stab_kimg)
     if cfg.ema_kimg > shortest / 5:

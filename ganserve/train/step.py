@@ -12,6 +12,7 @@ import hashlib
 import torch
 
 from ganserve.devices import cpu_has_bf16
+from ganserve.models.config import stage_resolution
 from ganserve.models.latents import style_mixing
 from ganserve.models.layers import downsample, fade_in, upsample
 from ganserve.train import distributed as ddp
@@ -125,9 +126,9 @@ class TrainStep:
         consts = self.nets.G.const_noise()
         if not consts:
             return None
-        active = 2 * (stage + 1)
-        return [torch.randn(n, 1, c.shape[-2], c.shape[-1], device=self.device, generator=gen) if i < active else c
-                for i, c in enumerate(consts)]
+        res = stage_resolution(stage)
+        return [torch.randn(n, 1, c.shape[-2], c.shape[-1], device=self.device, generator=gen)
+                if c.shape[-1] <= res else c for c in consts]
 
     def ws(self, z: torch.Tensor, stage: int, gen: torch.Generator, track_w_avg: bool) -> torch.Tensor:
         """Mapping, w_avg tracking (EMA over the batch mean, averaged across ranks) and style_mixing regularisation."""
