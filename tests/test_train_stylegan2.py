@@ -111,8 +111,9 @@ def test_stylegan2_grows_against_progans_discriminator_and_resumes_bit_for_bit(d
     assert torch.equal(G.synthesis(ws, stage=2, alpha=1.0), G.synthesis(ws))
 
     # A run through the trainer: stopped while 8x8 fades in and resumed, it ends with the same weights.
-    common = dict(**TINY, grow=True, fade_kimg=0.08, stab_kimg=0.08, final_kimg=0.08, batch_sizes={4: 16, 8: 16, 16: 16},
-                  ema_kimg=0.004, loss="wgan_gp", progress=False, workers=0, metric_num=0, tensorboard=False, reg_interval=2)
+    common = dict(**TINY, grow=True, fade_kimg=0.08, stab_kimg=0.08, final_kimg=0.08,
+                  batch_sizes={4: 16, 8: 16, 16: 16}, ema_kimg=0.004, loss="wgan_gp", progress=False, workers=0,
+                  metric_num=0, tensorboard=False, reg_interval=2)
     train(TrainConfig(data=str(data_dir), out=str(tmp_path / "full"), **common))
     assert train(TrainConfig(data=str(data_dir), out=str(tmp_path / "part"), **common), stop_after_steps=7) is None
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "part"))
