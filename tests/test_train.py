@@ -288,12 +288,17 @@ def test_resume_can_end_the_final_stage_now_or_train_it_longer(data_dir, tmp_pat
     assert ckpt["nimg"] == 1440 and ckpt["step"] == 90
     assert json.loads(ckpt["train_config"])["final_kimg"] == 1200
     assert weights_sha256(run / "model") != first
-    assert main(["train", "--resume", str(run), "--lr", "0.01"]) == 2  # what would change the run's math is refused
+    assert main(["train", "--resume", str(run), "--r1-gamma", "1"]) == 2  # what would change the run's math is refused
     # Augmenting D's inputs may be switched on for the rest of a run, and is recorded.
     assert main(["train", "--resume", str(run), "--final-kimg", "1280", "--augment", "translation,cutout"]) == 0
     ckpt = load_checkpoint(latest_checkpoint(run))
     assert ckpt["nimg"] == 1472 and json.loads(ckpt["train_config"])["augment"] == "translation,cutout"
     assert json.loads((run / CONFIG_NAME).read_text())["augment"] == "translation,cutout"
+    # So may a lower learning rate for the last stretch: both optimisers take it, keeping their moments.
+    assert main(["train", "--resume", str(run), "--final-kimg", "1312", "--lr", "0.0002"]) == 0
+    ckpt = load_checkpoint(latest_checkpoint(run))
+    assert ckpt["nimg"] == 1488 and json.loads(ckpt["train_config"])["lr"] == 0.0002
+    assert [g["lr"] for name in ("opt_G", "opt_D") for g in ckpt[name]["param_groups"]] == [0.0002, 0.0002]
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(data_dir, tmp_path):

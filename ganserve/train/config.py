@@ -36,9 +36,10 @@ AUGMENTS = ("color", "translation", "cutout")
 
 # Fields of TrainConfig that `--resume` may change: the length of the final stage, the half-life of the served
 # EMA generator (it never feeds back into training), and how the run reports.
-# Also the discriminator's augmentation: switching it on when the discriminator starts to win is a deliberate
-# change of course, recorded in the run's train_config.json like the others.
-RESUME_OVERRIDABLE = ("data", "final_kimg", "ema_kimg", "augment", "checkpoint_kimg", "keep_checkpoints",
+# Also the discriminator's augmentation and the learning rate: switching augmentation on when the discriminator
+# starts to win, or lowering the rate for a run's last stretch, are deliberate changes of course, recorded in the
+# run's train_config.json like the others.
+RESUME_OVERRIDABLE = ("data", "final_kimg", "ema_kimg", "augment", "lr", "checkpoint_kimg", "keep_checkpoints",
                       "metric_num", "workers", "tensorboard", "progress")
 
 

@@ -43,6 +43,7 @@ class Networks:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.lr = cfg.lr
         opt = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
         self.opt_G = torch.optim.Adam(self.G.parameters(), **opt)
         self.opt_D = torch.optim.Adam(self.D.parameters(), **opt)
@@ -58,9 +59,13 @@ class Networks:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load the state dicts of `state` (a checkpoint holds them among its other entries)."""
+        """Load the state dicts of `state` (a checkpoint holds them among its other entries). The optimisers keep
+        their moments but take the learning rate of this run's config (a resume may change it)."""
         for name in NETWORKS + OPTIMIZERS:
             getattr(self, name).load_state_dict(state[name])
+        for opt in (self.opt_G, self.opt_D):
+            for group in opt.param_groups:
+                group["lr"] = self.lr
         if self.pl_mean is not None:
             self.pl_mean.copy_(state["pl_mean"])
 
