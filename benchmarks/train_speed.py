@@ -89,7 +89,7 @@ def main() -> None:
     data.mkdir()
     Image.new("RGB", (64, 64)).save(data / "0.png")
     overrides = {"batch_sizes": {64: args.batch}, "arch": args.arch}
-    if args.arch == "progan":  # the bundled progan-emoji64's flags
+    if args.arch == "progan":  # the flags of the first bundled ProGAN (the speed table in docs/training.md)
         overrides.update(batch_sizes={64: 32}, style_mixing_prob=0.9, ema_kimg=5)
     names = [args.profile] if args.profile else args.variants.split(",")
     steps = {name: make_step(name, data, tmp / name, overrides) for name in names}
