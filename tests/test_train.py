@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -299,6 +300,13 @@ def test_resume_can_end_the_final_stage_now_or_train_it_longer(data_dir, tmp_pat
     ckpt = load_checkpoint(latest_checkpoint(run))
     assert ckpt["nimg"] == 1488 and json.loads(ckpt["train_config"])["lr"] == 0.0002
     assert [g["lr"] for name in ("opt_G", "opt_D") for g in ckpt[name]["param_groups"]] == [0.0002, 0.0002]
+    # And a longer EMA half-life (here a third of a stage; the papers use 10 kimg at the end): in the final stage no
+    # new layers can lag behind it, so it is not warned about as it is at the start (the test below).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--resume", str(run), "--final-kimg", "1328", "--ema-kimg", "200"]) == 0
+    assert not [w for w in caught if "half-life" in str(w.message)]
+    assert json.loads(load_checkpoint(latest_checkpoint(run))["train_config"])["ema_kimg"] == 200
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(data_dir, tmp_path):

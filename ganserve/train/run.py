@@ -54,7 +54,7 @@ def resolve(cfg: TrainConfig, resume: str | Path | None = None, resume_overrides
     schedule = Schedule(cfg, model_config.num_stages)
     _check_batches(schedule, dist.world_size)
     if dist.is_main:
-        _warn_of_a_long_ema(cfg)
+        _warn_of_a_long_ema(cfg, schedule, checkpoint["nimg"] if checkpoint is not None else 0)
     return ResolvedRun(cfg, run_dir, model_config, schedule, checkpoint)
 
 
@@ -96,9 +96,9 @@ def _check_batches(schedule: Schedule, world_size: int) -> None:
             raise RunError(f"batch size {b} at {r}x{r} does not divide among {world_size} processes")
 
 
-def _warn_of_a_long_ema(cfg: TrainConfig) -> None:
-    if not cfg.grow:
-        return  # no stages for the EMA to lag behind
+def _warn_of_a_long_ema(cfg: TrainConfig, schedule: Schedule, nimg: int) -> None:
+    if schedule.stage_alpha(nimg) == (schedule.num_stages - 1, 1.0):
+        return  # no stages (left) for the EMA to lag behind: the papers' 10 kimg suits a run's last stretch
     shortest = min(cfg.fade_kimg, cfg.stab_kimg)
     if cfg.ema_kimg > shortest / 5:
         warnings.warn(f"the generator EMA's half-life (ema_kimg {cfg.ema_kimg:g}) is long next to the stages "
