@@ -1,5 +1,5 @@
 """The bundled models: both load by name, carry their data's licence and training summary, make emoji-like images,
-and `ganserve serve` with no model serves the StyleGAN one over HTTP."""
+and `ganserve serve` with no model serves both over HTTP, the ProGAN by default and the StyleGAN for style mixing."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from ganserve.inference.sampling import make_spec, make_specs
 from ganserve.models.weights import DEFAULT_MODEL, WEIGHTS_NAME, bundled_models, load_config, resolve_model
 from ganserve.serve.process import ServerProcess
 
-NAMES = ("stylegan-emoji64", "progan-emoji64")
+NAMES = ("progan-emoji64", "stylegan-emoji64")
 
 
-def test_both_models_are_bundled_the_stylegan_one_first_each_small_and_attributed():
+def test_both_models_are_bundled_the_progan_one_first_each_small_and_attributed():
     zoo = bundled_models()
-    assert list(zoo)[:1] == [DEFAULT_MODEL] == ["stylegan-emoji64"] and set(NAMES) <= set(zoo)
+    assert list(zoo)[:1] == [DEFAULT_MODEL] == ["progan-emoji64"] and set(NAMES) <= set(zoo)
     for name in NAMES:
         directory = resolve_model(name)
         assert (directory / WEIGHTS_NAME).stat().st_size <= 25 * 2**20
@@ -43,7 +43,7 @@ def test_bundled_models_draw_on_a_light_background_unlike_an_untrained_model(nam
                              images[:, :, :3].reshape(16, -1, 3), images[:, :, -3:].reshape(16, -1, 3)], axis=1)
     centre = images[:, 24:40, 24:40].reshape(16, -1, 3)
     # Measured on 256 real images: border 244, centre 161; on an untrained model of this size: border 89, centre 73;
-    # on the bundled models: progan 247 and 148, stylegan 231 and 153.
+    # on the bundled models: progan 248 and 152, stylegan 231 and 153.
     edge, middle = np.median(border.mean(axis=(1, 2))), np.median(centre.mean(axis=(1, 2)))
     assert edge > 150  # light at the edges, as the data and unlike an untrained model
     assert middle < edge  # ... with something darker drawn in the middle
@@ -51,12 +51,17 @@ def test_bundled_models_draw_on_a_light_background_unlike_an_untrained_model(nam
     assert images.reshape(16, -1).std(axis=0).mean() > 10  # different seeds, different images
 
 
-def test_serve_with_no_model_serves_the_bundled_stylegan(tmp_path):
+def test_serve_with_no_model_serves_the_progan_and_mixes_styles_with_the_stylegan(tmp_path):
     flags = ["--backend", "torch", "--device", "cpu", "--log-level", "warning"]
+    mixing = {"seed": 42, "mix_seed": 7, "mix_layers": "coarse"}
     with ServerProcess([], *flags, log=tmp_path / "server.log") as server:
         with httpx.Client(base_url=server.url, timeout=60) as http:
             models = http.get("/models").json()
             r = http.get("/generate", params={"seed": 42})
+            refused = http.get("/generate", params=mixing)  # the default ProGAN has no styles to mix
+            mixed = http.get("/generate", params={**mixing, "model": "stylegan-emoji64"})
+    assert refused.status_code == 400 and "style mixing needs a StyleGAN model" in refused.text
+    assert mixed.status_code == 200 and mixed.headers["x-model"] == "stylegan-emoji64"
     assert models["default"] == DEFAULT_MODEL and set(NAMES) <= {m["name"] for m in models["models"]}
     assert r.status_code == 200 and r.headers["x-model"] == DEFAULT_MODEL
     backend = load_backend(resolve_model(DEFAULT_MODEL), "torch", "cpu")

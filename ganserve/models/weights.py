@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # torch is imported where weights are read or written, not to
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
-DEFAULT_MODEL = "stylegan-emoji64"  # what `ganserve serve` serves when given no model
+DEFAULT_MODEL = "progan-emoji64"  # what `ganserve serve` serves first (and by default) when given no model
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
