@@ -6,7 +6,7 @@ worker start-up, generation, PNG files), then loads the server (started once, de
 turns) with locust at C users for the same number of seconds. Prints each round and the medians, and bulk / server
 images/s.
 
-    python benchmarks/bulk_vs_serve.py [--model stylegan-emoji64] [--seeds 1024] [--concurrency 32] [--rounds 4]
+    python benchmarks/bulk_vs_serve.py [--model NAME_OR_DIR] [--seeds 1024] [--concurrency 32] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -21,20 +21,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import run_locust  # noqa: E402
+from serve_bench import default_model, run_locust  # noqa: E402
 
 from ganserve.serve.process import ServerProcess  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="stylegan-emoji64")
+    p.add_argument("--model", help="model directory or bundled name (default: the bundled default model)")
     p.add_argument("--seeds", type=int, default=1024)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--duration", type=float, default=10.0, help="seconds of server load per round (default 10)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each round's measurement")
     p.add_argument("--rounds", type=int, default=4)
     args = p.parse_args()
+    args.model = args.model or default_model()
 
     bulk, served = [], []
     with tempfile.TemporaryDirectory(prefix="bulk-") as tmp, ServerProcess([args.model], "--log-level",

@@ -14,7 +14,7 @@ measured the others are frozen (SIGSTOP of their process groups, SIGCONT after):
 queues with about 0.3 of a core, which would otherwise be taken from the server being measured.
 Reports images/s and p50/p99 per server and concurrency, and ganserve / peer from the medians.
 
-    python benchmarks/peers.py [--peers litserve,ray] [--ray-python PATH] [--model stylegan-emoji64] [--backend torch]
+    python benchmarks/peers.py [--peers litserve,ray] [--ray-python PATH] [--model NAME_OR_DIR] [--backend torch]
         [--workers 2] [--max-batch-size 32] [--concurrency 1,8,32] [--duration 10] [--rounds 2] [--csv FILE]
     python benchmarks/peers.py --plot PNG --from FILE[,FILE]
 """
@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 import litserve as ls
 from fastapi import Response
-from serve_bench import cpu_seconds
+from serve_bench import cpu_seconds, default_model
 
 from ganserve.serve.process import free_port, process_tree
 
@@ -164,7 +164,7 @@ def main() -> None:
     p.add_argument("--peers", default="litserve", help="comma-separated: litserve, ray (default litserve)")
     p.add_argument("--ray-python", default=sys.executable,
                    help="the Python of an environment with ray[serve] and ganserve (default: this one)")
-    p.add_argument("--model", default="stylegan-emoji64")
+    p.add_argument("--model", help="model directory or bundled name (default: the bundled default model)")
     p.add_argument("--backend", default="torch")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-batch-size", type=int, default=32)
@@ -189,6 +189,7 @@ def main() -> None:
     if args.plot:
         plot([Path(f) for f in args.sources.split(",") if f], args.plot)
         return
+    args.model = args.model or default_model()
     peers = [name.strip() for name in args.peers.split(",") if name.strip()]
     if unknown := [name for name in peers if name not in NAMES or name == "ganserve"]:
         p.error(f"--peers: unknown {', '.join(unknown)} (choose from litserve, ray)")
@@ -265,7 +266,7 @@ def main() -> None:
                 cells += [f"{med['ganserve']['images_per_s'] / med[n]['images_per_s']:.2f}" for n in peers]
                 print("| " + " | ".join(cells) + " |", flush=True)
                 table += [{"server": n, "clients": clients, **med[n], "backend": args.backend,
-                           "max_batch": args.max_batch_size} for n in names]
+                           "max_batch": args.max_batch_size, "model": Path(args.model).name} for n in names]
             if args.csv:
                 with open(args.csv, "w", newline="") as f:
                     writer = csv.DictWriter(f, fieldnames=list(table[0]))
@@ -326,7 +327,8 @@ def plot(sources: list[Path], path: Path) -> None:
             ax.set_xlabel("clients (requests in flight)")
             ax.set_ylabel(ylabel)
             batch = f", max batch {rows[0]['max_batch']}" if rows[0].get("max_batch") else ""
-            ax.set_title(f"backend {rows[0]['backend']}{batch}", fontsize=9)
+            model = f"{rows[0]['model']}, " if rows[0].get("model") else ""
+            ax.set_title(f"{model}backend {rows[0]['backend']}{batch}", fontsize=9)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
         ax1.set_ylim(bottom=0)

@@ -198,6 +198,7 @@ def test_peers_measures_ganserve_and_litserve_writes_csv_and_plot_and_leaves_no_
     expected = {(server, clients) for server in ("ganserve", "litserve") for clients in (1, 2)}
     assert {(r["server"], int(r["clients"])) for r in table} == expected
     assert all(float(r["images_per_s"]) > 0 and float(r["p99_ms"]) >= float(r["p50_ms"]) > 0 for r in table)
+    assert {r["model"] for r in table} == {Path(model_dirs["stylegan"]).name}
     # every server process is gone, LitServe's workers included (they outlived a SIGTERM to its main process)
     deadline = time.monotonic() + 20
     while (left := _processes_with(marker)) and time.monotonic() < deadline:
