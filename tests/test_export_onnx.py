@@ -121,6 +121,13 @@ def test_graphs_have_a_dynamic_batch_axis_and_no_random_ops(exported, arch):
     convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
     spatial = [n for n in convs if np.prod(next(a.ints for a in n.attribute if a.name == "kernel_shape")) > 1]
     assert spatial and all(len(n.input) == 2 or n.input[2] not in computed for n in spatial)
+    # Each upsampling is one transposed convolution, except the ProGAN's last, which runs on phase maps
+    # (ganserve.models.layers): four 2x2 convolutions for the upsampling, four among the next convolution's terms.
+    upsamplings = int(np.log2(RES)) - 2
+    assert sum(n.op_type == "ConvTranspose" for n in graph.node) == upsamplings - (arch == "progan")
+    if arch == "progan":
+        kernels = [tuple(next(a.ints for a in n.attribute if a.name == "kernel_shape")) for n in convs]
+        assert kernels.count((2, 2)) == 8
 
 
 def _conv_model(bias: str) -> onnx.ModelProto:

@@ -9,12 +9,15 @@ from ganserve.models.layers import (
     EqualizedConv2d,
     EqualizedLinear,
     NoiseInjection,
+    conv_phases,
     downsample,
     fade_in,
+    interleave_phases,
     minibatch_stddev,
     pixel_norm,
     upsample,
     upsample_conv,
+    upsample_conv_phases,
     upsample_kernel,
 )
 
@@ -86,6 +89,26 @@ def test_nearest_upsampling_is_interpolate_exactly_forward_and_backward(shape):
     (grad,) = torch.autograd.grad(y, x, g)
     (reference_grad,) = torch.autograd.grad(reference, x, g)
     torch.testing.assert_close(grad, reference_grad, rtol=0, atol=1e-6)  # sums of the same four values
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_phase_maps_compute_the_upsampled_and_the_plain_3x3_convolution(bias):
+    torch.manual_seed(1)
+    up, same = EqualizedConv2d(5, 7, 3, bias=bias), EqualizedConv2d(7, 6, 3, bias=bias)
+    if bias:
+        torch.nn.init.normal_(up.bias)
+        torch.nn.init.normal_(same.bias)
+    x = torch.randn(3, 5, 6, 4)
+    with torch.no_grad():
+        upsampled = up(upsample(x))
+        phases = upsample_conv_phases(x, up)
+        assert [tuple(p.shape) for p in phases] == [(3, 7, 6, 4)] * 4
+        # in the order (0, 0), (0, 1), (1, 0), (1, 1)
+        torch.testing.assert_close(phases[2], upsampled[:, :, 1::2, 0::2], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(interleave_phases(phases), upsampled, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(interleave_phases(conv_phases(phases, same)), same(upsampled), rtol=1e-5,
+                                   atol=1e-5)
+        assert torch.equal(interleave_phases([upsampled[:, :, a::2, b::2] for a in (0, 1) for b in (0, 1)]), upsampled)
+
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_the_folded_upsample_kernel_is_nearest_upsampling_then_the_3x3_convolution(bias):

@@ -29,7 +29,7 @@ FORMATS = ("onnx", "tensorrt")
 
 # The ONNX export (ganserve.export.onnx_export), named here so that running one needs no torch.
 DEFAULT_OPSET = 18
-EXPORTER_VERSION = 6  # bumped whenever the graphs change: older exports are then redone by the backend
+EXPORTER_VERSION = 7  # bumped whenever the graphs change: older exports are then redone by the backend
 DEFAULT_MAX_BATCH = 64
 MAPPING_FILE, SYNTHESIS_FILE = "mapping.onnx", "synthesis.onnx"
 TRANSFORM_INPUT = "transform"  # StyleGAN3's synthesis graph: the per-image input transform [batch, 3, 3]

@@ -148,6 +148,61 @@ def upsample_kernel(weight: torch.Tensor) -> torch.Tensor:
     return k.transpose(0, 1).to(weight.dtype)
 
 
+# Phase maps: a feature map X [N, C, 2H, 2W] as its four sub-grids X[:, :, a::2, b::2] [N, C, H, W], in the order
+# (a, b) = (0, 0), (0, 1), (1, 0), (1, 1). A 3x3 convolution of X, or of X upsampled (nearest), is then a sum of
+# smaller convolutions of the phases, whose kernels sum the 3x3 taps that read the same pixel (below, per axis: for
+# output phase a, which taps each kernel row sums), with the same products as the folded transposed convolution.
+_UPSAMPLED_TAPS = {0: ((0,), (1, 2)), 1: ((0, 1), (2,))}  # output row 2i+a of conv(upsample(x)) reads x rows i+a-1, i+a
+_SAME_TAPS = {(0, 0): ((1,),), (0, 1): ((0,), (2,)), (1, 0): ((0,), (2,)), (1, 1): ((1,),)}  # (output, input) phase
+_SAME_PADS = {(0, 0): (0, 0), (0, 1): (1, 0), (1, 0): (0, 1), (1, 1): (0, 0)}  # rows before, after
+
+
+def _phase_kernel(weight: torch.Tensor, rows: tuple, cols: tuple) -> torch.Tensor:
+    """[out, in, len(rows), len(cols)]: each tap the sum of the 3x3 `weight` taps it stands for (in float64, rounded
+    once, as upsample_kernel)."""
+    k = weight.double()
+    k = torch.stack([sum(k[:, :, t] for t in taps) for taps in rows], 2)
+    return torch.stack([sum(k[:, :, :, u] for u in taps) for taps in cols], 3).to(weight.dtype)
+
+
+def _padded_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pads: tuple) -> torch.Tensor:
+    """F.conv2d with (left, right, top, bottom) zero padding (no Pad node where there is none)."""
+    return F.conv2d(F.pad(x, pads) if any(pads) else x, weight, bias)
+
+
+def upsample_conv_phases(x: torch.Tensor, conv: EqualizedConv2d) -> list[torch.Tensor]:
+    """The four phase maps of conv(upsample(x, "nearest")) for a 3x3 `conv`: four 2x2 convolutions of x."""
+    w = conv.weight * conv.weight_gain
+    return [_padded_conv(x, _phase_kernel(w, _UPSAMPLED_TAPS[a], _UPSAMPLED_TAPS[b]), conv.bias, (1 - b, b, 1 - a, a))
+            for a in (0, 1) for b in (0, 1)]
+
+
+def conv_phases(phases: list[torch.Tensor], conv: EqualizedConv2d) -> list[torch.Tensor]:
+    """The phase maps of conv(X) for a 3x3 `conv`, given X's: each a sum of four convolutions (1x1, 1x2, 2x1, 2x2),
+    as many products as the 3x3 one. The 1x1 term comes first and carries the bias: at the end of the sum ONNX Runtime
+    fuses it with the addition into a convolution outside its blocked layout."""
+    w = conv.weight * conv.weight_gain
+    out = []
+    for a, b in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        terms = sorted(((p, q) for p in (0, 1) for q in (0, 1)),
+                       key=lambda pq: len(_SAME_TAPS[a, pq[0]]) * len(_SAME_TAPS[b, pq[1]]))
+        y = None
+        for p, q in terms:
+            kernel = _phase_kernel(w, _SAME_TAPS[a, p], _SAME_TAPS[b, q])
+            term = _padded_conv(phases[2 * p + q], kernel, conv.bias if y is None else None,
+                                _SAME_PADS[b, q] + _SAME_PADS[a, p])
+            y = term if y is None else y + term
+        out.append(y)
+    return out
+
+
+def interleave_phases(phases: list[torch.Tensor]) -> torch.Tensor:
+    """[N, C, 2H, 2W] from its four phase maps."""
+    n, c, h, w = phases[0].shape
+    rows = [torch.stack(phases[2 * a:2 * a + 2], -1).reshape(n, c, h, 2 * w) for a in (0, 1)]
+    return torch.stack(rows, 3).reshape(n, c, 2 * h, 2 * w)
+
+
 def upsample(x: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
     """2x up sampling, 'nearest' (the papers' choice) or 'bilinear'."""
     if mode == "nearest" and torch.onnx.is_in_onnx_export():
